@@ -1,0 +1,1 @@
+"""Export and serving: ONNX, onnxruntime, TensorRT; installed as fastwsss.export."""

@@ -1,0 +1,1 @@
+"""Fused kernels (Triton, CUDA) with pure-PyTorch references; installed as fastwsss.kernels."""
