@@ -134,10 +134,20 @@ def preset_voc() -> RunConfig:
     )
 
 
+def preset_coco() -> RunConfig:
+    """COCO 2014 in the WSSS layout (see fastwsss.data.coco), IRNet classifier defaults."""
+    return RunConfig(
+        preset="coco",
+        data=DataConfig(name="coco", train_split="train", val_split="val", cam_split="train", num_workers=4),
+        cls=ClsConfig(),
+    )
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny": preset_tiny,
     "synthetic": preset_synthetic,
     "voc": preset_voc,
+    "coco": preset_coco,
 }
 
 

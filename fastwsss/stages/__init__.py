@@ -1,1 +1,59 @@
-"""stages."""
+"""The pipeline stages: an explicit registry from stage name to the function that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastwsss.errors import ConfigError
+from fastwsss.stages.context import StageContext
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    folder: str
+    """Folder under RUNDIR holding the stage's outputs and its DONE marker (None-like '' = always rerun)."""
+    run: Callable[[StageContext], object]
+
+
+def _registry() -> dict[str, Stage]:
+    from fastwsss.stages.cam import FOLDER as CAM_FOLDER
+    from fastwsss.stages.cam import run_cam
+    from fastwsss.stages.cls import run_cls
+    from fastwsss.stages.evaluate import run_eval
+
+    return {
+        "cls": Stage("cls", "cls", run_cls),
+        "cam": Stage("cam", CAM_FOLDER, run_cam),
+        "eval": Stage("eval", "", run_eval),
+    }
+
+
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "cam": ("cls", "cam", "eval"),
+}
+
+
+def get_stage(name: str) -> Stage:
+    registry = _registry()
+    try:
+        return registry[name]
+    except KeyError:
+        raise ConfigError(f"stages: unknown stage {name!r}; valid stages: {', '.join(registry)}") from None
+
+
+def stages_for(method: str, requested: str | None) -> list[Stage]:
+    """The stages to run: all of the method's, or the comma-separated subset the user asked for, in order."""
+    try:
+        order = METHOD_STAGES[method]
+    except KeyError:
+        raise ConfigError(f"method: unknown method {method!r}; valid: {', '.join(METHOD_STAGES)}") from None
+    if not requested:
+        return [get_stage(name) for name in order]
+    names = [n.strip() for n in requested.split(",") if n.strip()]
+    for name in names:
+        get_stage(name)
+        if name not in order:
+            raise ConfigError(f"stages: stage {name!r} is not part of method {method!r} ({', '.join(order)})")
+    return [get_stage(name) for name in order if name in names]

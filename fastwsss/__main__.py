@@ -1,0 +1,3 @@
+from fastwsss.cli import main
+
+main()

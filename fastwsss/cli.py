@@ -1,0 +1,227 @@
+"""The `fastwsss` command line. Each command is thin: it parses options and calls a typed function."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from fastwsss.config import PRESETS, RunConfig, get_preset, validate
+from fastwsss.errors import ConfigError, FastwsssError, one_line
+from fastwsss.progress import console
+
+app = typer.Typer(
+    help="Weakly-supervised semantic segmentation: image tags in, pixel masks out.\n\n"
+    "Start with [bold]fastwsss train[/bold]: it generates the built-in synthetic data set and runs the "
+    "default job on the CPU in minutes.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Make and convert data sets.", no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(data_app, name="data")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Turn fastwsss errors into one red line and exit code 2, and Ctrl-C into a resume hint."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FastwsssError as exc:
+            console.print(f"[red]error:[/red] {one_line(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted:[/yellow] rerun the same command with --resume to continue")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def apply_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
+    """Set dotted settings ("cls.epochs") on a copy of `config`; None values are left alone."""
+    for dotted, value in options.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        chain = [config]
+        for name in parents:
+            chain.append(getattr(chain[-1], name))
+        updated: Any = dataclasses.replace(chain[-1], **{leaf: value})
+        for parent, name in zip(reversed(chain[:-1]), reversed(parents)):
+            updated = dataclasses.replace(parent, **{name: updated})
+        config = updated
+    return config
+
+
+def check_resume_options(saved: RunConfig, options: dict[str, Any], rundir: Path) -> None:
+    """With --resume the saved config wins; an explicit option that disagrees with it is an error, not ignored."""
+    for dotted, value in options.items():
+        if value is None:
+            continue
+        current: Any = saved
+        for name in dotted.split("."):
+            current = getattr(current, name)
+        if current != value:
+            raise ConfigError(
+                f"{dotted}: --resume uses {rundir / 'config.json'} where it is {current!r}, but you passed "
+                f"{value!r}; drop the option or start a new run with another --out"
+            )
+
+
+@app.command()
+@friendly_errors
+def train(
+    method: Annotated[Optional[str], typer.Option(help="cam (more with later releases)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="synthetic (built in, no download), voc or coco")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Data set folder (VOC: VOCdevkit/VOC2012)")] = None,
+    preset: Annotated[str, typer.Option(help=f"Settings bundle: {', '.join(PRESETS)}")] = "synthetic",
+    out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<method>-<preset>-<time>]")] = None,
+    stages: Annotated[Optional[str], typer.Option(help="Comma-separated subset, e.g. cam,eval")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of the run")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ImageNet state dict for the backbone")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="resnet18/34/50/101, resnet18_half, resnet18_quarter")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Classifier epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Classifier batch size")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Classifier backbone learning rate (head x10)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda[:N]")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes")] = None,
+    cls_labels: Annotated[Optional[Path], typer.Option(help="IRNet-style cls_labels.npy (else labels from masks)")] = None,
+) -> None:
+    """Train a method end to end (or the --stages you name). With no options: the default synthetic job.
+
+    Examples:
+
+      fastwsss train                                   # built-in synthetic set, minutes on a CPU
+
+      fastwsss train --preset tiny --out runs/tiny     # a smoke run in about a minute
+
+      fastwsss train --data voc --preset voc --root ~/VOCdevkit/VOC2012 --weights resnet50.pth
+    """
+    from fastwsss.pipeline import run_pipeline
+    from fastwsss.rundir import RunDir
+
+    options = {
+        "method": method, "seed": seed, "device": device,
+        "data.name": data, "data.root": str(root) if root else None, "data.num_workers": num_workers,
+        "data.cls_labels": str(cls_labels) if cls_labels else None,
+        "cls.weights": str(weights) if weights else None, "cls.backbone": backbone, "cls.epochs": epochs,
+        "cls.batch_size": batch_size, "cls.lr": lr,
+    }
+    if data in ("voc", "coco") and preset == "synthetic":
+        preset = data
+    config = validate(apply_options(get_preset(preset), options))
+    if resume and out is not None and (out / "config.json").is_file():
+        saved = RunDir(out).load_config()
+        check_resume_options(saved, options, out)
+    run = run_pipeline(config, out=out, stages=stages, resume=resume)
+    _print_metrics(run.path, verbose=False)
+
+
+def _print_metrics(rundir: Path, verbose: bool) -> None:
+    from fastwsss.rundir import open_run_dir
+    from fastwsss.summary import latest_rows, metrics_table, per_class_table
+
+    rows = open_run_dir(rundir).metrics()
+    if not latest_rows(rows):
+        console.print(f"{rundir}: no scored outputs yet")
+        return
+    console.print(metrics_table(rows, title=f"{rundir}: mIoU (%)"))
+    if verbose:
+        for row in latest_rows(rows):
+            console.print(per_class_table(row))
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    rundir: Annotated[Path, typer.Argument(help="A run directory made by fastwsss train")],
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Also print IoU per class")] = False,
+    rescore: Annotated[bool, typer.Option(help="Recompute the scores from the stored outputs first")] = True,
+) -> None:
+    """Score a run's outputs (CAM seeds, ...) against the ground truth and print a table."""
+    from fastwsss.rundir import open_run_dir
+    from fastwsss.stages.context import StageContext, resolve_device
+    from fastwsss.stages.evaluate import run_eval
+
+    run = open_run_dir(rundir)
+    if rescore:
+        config = run.load_config()
+        run.lock()
+        try:
+            run_eval(StageContext(config=config, run=run, device=resolve_device(config.device)))
+        finally:
+            run.unlock()
+    _print_metrics(run.path, verbose)
+
+
+@app.command()
+@friendly_errors
+def presets(name: Annotated[Optional[str], typer.Argument(help="Show this preset's full settings")] = None) -> None:
+    """List the presets, or print one preset's resolved settings as JSON."""
+    import json
+
+    if name is None:
+        for key, factory in PRESETS.items():
+            console.print(f"[bold]{key}[/bold]: {(factory.__doc__ or '').strip()}")
+        return
+    sys.stdout.write(json.dumps(get_preset(name).to_dict(), indent=2) + "\n")
+
+
+@data_app.command("synth")
+@friendly_errors
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to write (VOC layout); must not exist or be empty")],
+    seed: Annotated[int, typer.Option(help="Generator seed: same seed, same bytes")] = 0,
+    size: Annotated[int, typer.Option(help="Image side in pixels")] = 96,
+    num_train: Annotated[int, typer.Option(help="Training images")] = 1500,
+    num_val: Annotated[int, typer.Option(help="Validation images")] = 300,
+    num_debiased: Annotated[int, typer.Option(help="Validation images with contexts shuffled")] = 300,
+    context_prob: Annotated[float, typer.Option(help="P(object sits on its class's preferred scene)")] = 0.8,
+    cooccur_prob: Annotated[float, typer.Option(help="P(a class brings its partner class along)")] = 0.5,
+    part_context_prob: Annotated[float, typer.Option(help="P(an object part takes its colour from the scene)")] = 0.8,
+    max_objects: Annotated[int, typer.Option(help="Most objects per image")] = 3,
+    preview: Annotated[bool, typer.Option(help="Also write OUT/preview.png, a contact sheet of images and masks")] = True,
+) -> None:
+    """Generate the synthetic confounded-scenes data set (train, val and a debiased split)."""
+    from fastwsss.config import DataConfig, SynthConfig
+    from fastwsss.data.synthetic import generate_synthetic, write_preview
+
+    synth = SynthConfig(size=size, num_train=num_train, num_val=num_val, num_debiased=num_debiased,
+                        context_prob=context_prob, cooccur_prob=cooccur_prob, part_context_prob=part_context_prob,
+                        max_objects=max_objects, seed=seed)
+    validate(RunConfig(data=DataConfig(synth=synth)))
+    root = generate_synthetic(out, synth)
+    console.print(f"wrote {root}")
+    if preview:
+        console.print(f"preview: {write_preview(root, root / 'preview.png')}")
+
+
+@data_app.command("coco-masks")
+@friendly_errors
+def data_coco_masks(
+    instances: Annotated[Path, typer.Argument(help="COCO instances JSON, e.g. annotations/instances_train2014.json")],
+    out: Annotated[Path, typer.Option(help="Mask folder, e.g. ROOT/SegmentationClass/train2014")],
+) -> None:
+    """Convert COCO instance annotations to class-index PNG masks (needs pycocotools)."""
+    from fastwsss.data.coco import convert_instances_to_masks
+
+    written = convert_instances_to_masks(instances, out)
+    console.print(f"wrote {written} masks to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The CAM classifier of ALGORITHMS.md section 2: ResNet features -> GAP -> 1x1 conv head -> K logits.
+
+Training-time freezing follows IRNet:
+- `freeze_bn`: every BatchNorm uses its running statistics (stays in eval mode even under `.train()`)
+  and its affine parameters get no gradient; the stem convolution (conv1) is frozen as well. Without
+  ImageNet weights this would keep random features, which is why the CPU presets switch it off.
+- `detach_early`: features are detached after stage2, so stage1 and stage2 receive no gradient; their
+  parameters are marked `requires_grad=False` and left out of `param_groups()`.
+
+`extra_channels` > 0 (CONTA, section 7) concatenates an extra map to the stage-4 features before the
+head; the map is resized bilinearly to the feature grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastwsss.errors import CheckpointError, ConfigError, one_line
+from fastwsss.io import atomic_path
+from fastwsss.models.backbone import build_backbone
+
+CHECKPOINT_FORMAT = "fastwsss.cam_net/1"
+
+
+class CAMNet(nn.Module):
+    """Multi-label classifier whose 1x1 head, applied before pooling, gives class activation maps."""
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        output_stride: int = 16,
+        weights: str | Path | None = None,
+        freeze_bn: bool = True,
+        detach_early: bool = True,
+        extra_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes: must be >= 1, got {num_classes}")
+        if extra_channels < 0:
+            raise ConfigError(f"extra_channels: must be >= 0, got {extra_channels}")
+        self.backbone = build_backbone(backbone, output_stride, weights)
+        self.head = nn.Conv2d(self.backbone.out_channels + extra_channels, num_classes, kernel_size=1, bias=False)
+        self.num_classes = num_classes
+        self.backbone_name = backbone
+        self.output_stride = output_stride
+        self.freeze_bn = freeze_bn
+        self.detach_early = detach_early
+        self.extra_channels = extra_channels
+        # What a checkpoint needs to rebuild the module; the weights path is not kept because the saved
+        # state dict supersedes it.
+        self.init_kwargs: dict[str, Any] = {
+            "backbone": backbone,
+            "num_classes": num_classes,
+            "output_stride": output_stride,
+            "freeze_bn": freeze_bn,
+            "detach_early": detach_early,
+            "extra_channels": extra_channels,
+        }
+        self._freeze()
+        self.train()
+
+    def _freeze(self) -> None:
+        frozen: list[nn.Module] = []
+        if self.freeze_bn:
+            frozen.append(self.backbone.stage1.conv1)
+            frozen += [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if self.detach_early:
+            frozen += [self.backbone.stage1, self.backbone.stage2]
+        for module in frozen:
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> CAMNet:
+        """Like nn.Module.train, but frozen BatchNorm layers stay in eval mode."""
+        super().train(mode)
+        if self.freeze_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def features(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage-4 features (B, C + extra_channels, h, w), with the extra map appended when configured."""
+        x = self.backbone.stage2(self.backbone.stage1(x))
+        if self.detach_early:
+            x = x.detach()
+        x = self.backbone.stage4(self.backbone.stage3(x))
+        if self.extra_channels == 0:
+            if extra is not None:
+                raise ValueError("this CAMNet has extra_channels=0 but an extra map was given")
+            return x
+        if extra is None or extra.dim() != 4 or extra.shape[1] != self.extra_channels or extra.shape[0] != x.shape[0]:
+            got = None if extra is None else tuple(extra.shape)
+            raise ValueError(f"extra must have shape (B={x.shape[0]}, {self.extra_channels}, h, w), got {got}")
+        extra = F.interpolate(extra.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([x, extra], dim=1)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Image-level logits (B, K): global average pooling, then the 1x1 head."""
+        pooled = self.features(x, extra).mean(dim=(2, 3), keepdim=True)
+        return self.head(pooled).flatten(1)
+
+    def cam(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Class activation maps ReLU(head(features)) of shape (B, K, h, w): no pooling, no normalisation."""
+        return F.relu(self.head(self.features(x, extra)))
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """[backbone trainable parameters, head parameters]; the trainer gives the head a larger lr."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        return [
+            {"name": "backbone", "params": backbone},
+            {"name": "head", "params": list(self.head.parameters())},
+        ]
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Checkpoint metadata must reload under torch.load(weights_only=True): plain containers and tensors."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"checkpoint metadata {where}: keys must be strings, got {key!r}")
+            _check_plain(item, f"{where}.{key}")
+        return
+    raise TypeError(f"checkpoint metadata {where}: unsupported type {type(value).__name__}")
+
+
+def save_checkpoint(path: str | Path, model: CAMNet, extra: dict[str, Any] | None = None) -> None:
+    """Write the model's constructor kwargs, state dict and `extra` metadata atomically to `path`.
+
+    `extra` may hold numbers, strings, None, lists/tuples/dicts of those, and tensors.
+    """
+    meta = dict(extra or {})
+    _check_plain(meta, "extra")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "kwargs": dict(model.init_kwargs),
+        "state_dict": model.state_dict(),
+        "meta": meta,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_cam_net(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    expect_num_classes: int | None = None,
+) -> tuple[CAMNet, dict[str, Any]]:
+    """Rebuild a CAMNet from a checkpoint written by `save_checkpoint`; returns (model, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a fastwsss CAMNet checkpoint")
+    kwargs = payload.get("kwargs")
+    if not isinstance(kwargs, dict) or "num_classes" not in kwargs:
+        raise CheckpointError(f"{path}: checkpoint lacks the model settings")
+    if expect_num_classes is not None and kwargs["num_classes"] != expect_num_classes:
+        raise CheckpointError(
+            f"{path}: checkpoint has {kwargs['num_classes']} classes but the data set has {expect_num_classes}"
+        )
+    try:
+        model = CAMNet(**kwargs)
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, KeyError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not fit the model ({one_line(str(exc))[:300]})") from exc
+    return model.to(map_location), dict(payload.get("meta") or {})

@@ -1,0 +1,50 @@
+"""Run a method's stages in order against one run directory; the CLI and the tests both call this."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastwsss.config import RunConfig, validate
+from fastwsss.progress import log
+from fastwsss.rundir import RunDir, create_or_resume
+from fastwsss.stages import stages_for
+from fastwsss.stages.context import StageContext, StepHook, resolve_device
+
+
+def default_run_name(config: RunConfig) -> str:
+    return f"{config.method}-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_pipeline(
+    config: RunConfig,
+    out: str | Path | None = None,
+    stages: str | None = None,
+    resume: bool = False,
+    on_step: StepHook | None = None,
+) -> RunDir:
+    """Run `stages` (default: all of the method's) in RUNDIR; with `resume`, finished stages are skipped and
+    unfinished ones continue from their last checkpoint or last finished image."""
+    config = validate(config)
+    out = Path(out) if out is not None else Path("runs") / default_run_name(config)
+    run, config = create_or_resume(out, config, resume)
+    try:
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        torch.manual_seed(config.seed)
+        ctx = StageContext(config=config, run=run, device=resolve_device(config.device), resume=resume, on_step=on_step)
+        log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {ctx.device})")
+        for stage in stages_for(config.method, stages):
+            if resume and stage.folder and run.is_done(stage.folder):
+                log(f"[dim]{stage.name}: already finished, skipped[/dim]")
+                continue
+            started = time.perf_counter()
+            stage.run(ctx)
+            log(f"{stage.name}: done in {time.perf_counter() - started:.1f} s")
+    finally:
+        run.unlock()
+    return run

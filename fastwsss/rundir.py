@@ -1,0 +1,121 @@
+"""The run directory: every stage reads its inputs from it and writes its outputs to it (DESIGN.md).
+
+    RUNDIR/config.json  metrics.jsonl  cls/ckpt.pt  cams/<id>.npz  ...
+
+A run directory belongs to one run at a time (an exclusive lock), is never silently reused (an existing
+run needs --resume), and every file in it is written atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastwsss.config import RunConfig, config_from_dict
+from fastwsss.errors import RunDirError
+from fastwsss.io import append_jsonl, read_jsonl, write_json
+
+
+@dataclass
+class RunDir:
+    path: Path
+    _lock_handle: Any = field(default=None, repr=False)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def stage_dir(self, name: str) -> Path:
+        folder = self.path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def load_config(self) -> RunConfig:
+        try:
+            values = json.loads(self.config_path.read_text())
+        except FileNotFoundError:
+            raise RunDirError(f"{self.config_path}: not found; is {self.path} a fastwsss run directory?") from None
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{self.config_path}: not valid JSON ({exc})") from None
+        return config_from_dict(values)
+
+    def save_config(self, config: RunConfig) -> None:
+        write_json(self.config_path, config.to_dict())
+
+    def log_metric(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Append one metrics row (with a timestamp) to metrics.jsonl and return it."""
+        row = {**row, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        append_jsonl(self.metrics_path, row)
+        return row
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path)
+
+    def is_done(self, stage: str) -> bool:
+        return (self.path / stage / "DONE").exists()
+
+    def mark_done(self, stage: str, info: dict[str, Any] | None = None) -> None:
+        write_json(self.path / stage / "DONE", {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})})
+
+    def lock(self) -> None:
+        """Take the run directory's exclusive lock, or fail naming the process that holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / ".lock"
+        try:
+            handle = open(lock_path, "a+")
+        except OSError as exc:
+            raise RunDirError(f"cannot write {lock_path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunDirError(f"{self.path} is in use by another fastwsss run (pid {owner})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+
+def open_run_dir(path: str | Path) -> RunDir:
+    """An existing run directory (for eval, report, export)."""
+    run = RunDir(Path(path))
+    if not run.config_path.is_file():
+        raise RunDirError(f"{run.path}: not a fastwsss run directory (no config.json)")
+    return run
+
+
+def create_or_resume(path: str | Path, config: RunConfig, resume: bool) -> tuple[RunDir, RunConfig]:
+    """Lock the run directory; a new run saves `config`, a resumed run uses the saved config.
+
+    Without --resume an existing run is refused, so nothing a user had is overwritten.
+    """
+    run = RunDir(Path(path))
+    exists = run.config_path.is_file()
+    if exists and not resume:
+        raise RunDirError(f"{run.path} already holds a run; pass --resume to continue it, or choose another --out")
+    if run.path.exists() and not exists and any(p.name != ".lock" for p in run.path.iterdir()):
+        raise RunDirError(f"{run.path} exists and is not a fastwsss run directory; choose another --out")
+    run.lock()
+    if exists:
+        config = run.load_config()
+    else:
+        run.save_config(config)
+    return run, config

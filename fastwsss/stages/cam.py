@@ -1,0 +1,53 @@
+"""Stage `cam`: multi-scale + flip CAMs for every image of the CAM split, one compact npz per image.
+
+Finished images are never redone on --resume (each npz is written atomically, so an existing file is
+complete). A bad image is reported in one line and skipped; the run goes on and the count is reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastwsss.cam_inference import multiscale_cam, save_cam_npz
+from fastwsss.data import build_source
+from fastwsss.errors import DataError
+from fastwsss.io import atomic_path
+from fastwsss.models.cam_net import load_cam_net
+from fastwsss.progress import log, track, warn
+from fastwsss.stages.context import StageContext
+
+FOLDER = "cams"
+
+
+def cam_path(cam_dir: Path, image_id: str) -> Path:
+    return cam_dir / f"{image_id}.npz"
+
+
+def run_cam(ctx: StageContext) -> None:
+    cfg = ctx.config
+    source = build_source(cfg.data, cfg.data.cam_split)
+    ckpt = ctx.run.path / "cls" / "ckpt.pt"
+    model, _ = load_cam_net(ckpt, map_location=ctx.device, expect_num_classes=source.num_classes)
+    model.to(ctx.device).eval()
+    cam_dir = ctx.run.stage_dir(FOLDER)
+
+    todo = [i for i in source.ids if not cam_path(cam_dir, i).is_file()]
+    if len(todo) < len(source.ids):
+        log(f"cam: {len(source.ids) - len(todo)} of {len(source.ids)} images already done, {len(todo)} to go")
+    failed: list[str] = []
+    for count, image_id in enumerate(track(todo, f"cam: {cfg.data.cam_split}"), start=1):
+        try:
+            image = source.load_image(image_id)
+            labels = source.labels(image_id)
+        except DataError as exc:
+            warn(str(exc))
+            failed.append(f"{image_id}\t{exc}")
+            continue
+        result = multiscale_cam(model, image, labels, cfg.cam.scales, ctx.device)
+        save_cam_npz(cam_path(cam_dir, image_id), result)
+        ctx.step("cam", count)
+    if failed:
+        with atomic_path(cam_dir / "failed.txt") as tmp:
+            tmp.write_text("\n".join(failed) + "\n")
+        warn(f"cam: {len(failed)} image(s) could not be read and were skipped; see {cam_dir / 'failed.txt'}")
+    ctx.run.mark_done(FOLDER, {"images": len(source.ids), "failed": len(failed)})

@@ -1,0 +1,33 @@
+"""What every stage receives: the resolved config, the run directory, the device and test hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fastwsss.config import RunConfig
+from fastwsss.rundir import RunDir
+
+StepHook = Callable[[str, int], None]
+
+
+@dataclass
+class StageContext:
+    config: RunConfig
+    run: RunDir
+    device: torch.device
+    resume: bool = False
+    on_step: StepHook | None = None
+    """Called as on_step(stage, count) after every optimiser step or finished image (tests interrupt here)."""
+
+    def step(self, stage: str, count: int) -> None:
+        if self.on_step is not None:
+            self.on_step(stage, count)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

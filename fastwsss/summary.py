@@ -1,0 +1,48 @@
+"""Tables of a run's metrics for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+STAGE_ORDER = {"cam": 0, "ir_label": 1, "pseudo": 2, "seg": 3}
+
+
+def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The most recent scored row per (stage, split, round), in pipeline order."""
+    latest: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("miou") is None:
+            continue
+        latest[(row.get("stage"), row.get("split"), row.get("round"))] = row
+    return sorted(latest.values(), key=lambda r: (r.get("round") or 0, STAGE_ORDER.get(r.get("stage"), 9), r.get("split", "")))
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def metrics_table(rows: list[dict[str, Any]], title: str = "mIoU (%)") -> Table:
+    table = Table(title=title)
+    for column in ("stage", "split", "method", "round", "mIoU", "best thr / mIoU", "images"):
+        table.add_column(column, justify="right" if column in ("mIoU", "images") else "left")
+    for row in latest_rows(rows):
+        best = ""
+        if row.get("best_miou") is not None:
+            best = f"{row['best_bg_threshold']:.2f} / {_pct(row['best_miou'])}"
+        table.add_row(
+            str(row.get("stage")), str(row.get("split")), str(row.get("method")),
+            "-" if row.get("round") is None else str(row["round"]), _pct(row.get("miou")), best, str(row.get("images", "")),
+        )
+    return table
+
+
+def per_class_table(row: dict[str, Any]) -> Table:
+    names = row.get("class_names") or [str(i) for i in range(len(row["per_class_iou"]))]
+    table = Table(title=f"{row['stage']} / {row['split']}: IoU per class (%)")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, value in zip(names, row["per_class_iou"]):
+        table.add_row(name, _pct(value))
+    return table

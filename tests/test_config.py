@@ -1,0 +1,70 @@
+import dataclasses
+
+import pytest
+
+from fastwsss.cli import apply_options, check_resume_options
+from fastwsss.config import PRESETS, config_from_dict, get_preset, validate
+from fastwsss.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_validate_and_round_trip(name):
+    config = get_preset(name)
+    assert config.preset == name
+    if config.data.name != "synthetic":
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root="/data"))
+    assert config_from_dict(config.to_dict()) == validate(config)
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ConfigError, match="tiny, synthetic, voc"):
+        get_preset("huge")
+
+
+@pytest.mark.parametrize(
+    "change, setting",
+    [
+        ({"method": "seam"}, "method"),
+        ({"cls": {"epochs": 0}}, "cls.epochs"),
+        ({"cls": {"lr": -1.0}}, "cls.lr"),
+        ({"cls": {"output_stride": 12}}, "cls.output_stride"),
+        ({"data": {"synth": {"context_prob": 1.5}}}, "synth.context_prob"),
+        ({"eval": {"cam_bg_threshold": 2.0}}, "eval.cam_bg_threshold"),
+        ({"data": {"name": "voc"}}, "root"),
+    ],
+)
+def test_out_of_range_settings_name_the_setting(change, setting):
+    config = get_preset("tiny")
+    for key, value in change.items():
+        if isinstance(value, dict):
+            sub = getattr(config, key)
+            for k2, v2 in value.items():
+                if isinstance(v2, dict):
+                    sub = dataclasses.replace(sub, **{k2: dataclasses.replace(getattr(sub, k2), **v2)})
+                else:
+                    sub = dataclasses.replace(sub, **{k2: v2})
+            config = dataclasses.replace(config, **{key: sub})
+        else:
+            config = dataclasses.replace(config, **{key: value})
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        validate(config)
+
+
+def test_unknown_key_in_config_json_is_named():
+    values = get_preset("tiny").to_dict()
+    values["cls"]["cam_crop_size"] = 512
+    with pytest.raises(ConfigError, match="cam_crop_size"):
+        config_from_dict(values)
+
+
+def test_apply_options_sets_nested_values_and_skips_none():
+    config = apply_options(get_preset("tiny"), {"cls.epochs": 7, "data.synth.seed": 3, "seed": None})
+    assert config.cls.epochs == 7 and config.data.synth.seed == 3
+    assert config.seed == get_preset("tiny").seed
+
+
+def test_resume_refuses_conflicting_explicit_option(tmp_path):
+    saved = get_preset("tiny")
+    check_resume_options(saved, {"cls.epochs": saved.cls.epochs, "seed": None}, tmp_path)
+    with pytest.raises(ConfigError, match="cls.epochs"):
+        check_resume_options(saved, {"cls.epochs": saved.cls.epochs + 1}, tmp_path)
