@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ def _annotations(coco: Any, image_id: int) -> list[dict]:
     return coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=None))
 
 
-def _draw_mask(coco: Any, image_info: dict, class_of: dict[int, int]) -> np.ndarray:
+def _draw_mask(coco: Any, image_info: dict, class_of: dict[int, int], source: Path) -> np.ndarray:
     """The class-index mask of one image.
 
     Instances are drawn largest area first so a small object lying on a larger one stays visible; crowd
@@ -143,8 +144,18 @@ def _draw_mask(coco: Any, image_info: dict, class_of: dict[int, int]) -> np.ndar
     mask = np.zeros((image_info["height"], image_info["width"]), dtype=np.uint8)
     anns = sorted(_annotations(coco, image_info["id"]), key=lambda a: float(a.get("area", 0.0)), reverse=True)
     for ann in anns:
-        region = coco.annToMask(ann).astype(bool)
-        mask[region] = IGNORE_INDEX if ann.get("iscrowd", 0) else class_of[ann["category_id"]]
+        with warnings.catch_warnings():
+            # pycocotools' compiled decoder trips numpy 2's copy-keyword deprecation; the result is correct.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
+            region = coco.annToMask(ann).astype(bool)
+        if ann.get("iscrowd", 0):
+            mask[region] = IGNORE_INDEX
+        elif ann.get("category_id") in class_of:
+            mask[region] = class_of[ann["category_id"]]
+        else:
+            raise DataError(
+                f"{source}: annotation {ann.get('id')} has category {ann.get('category_id')!r}, not in categories"
+            )
     return mask
 
 
@@ -157,14 +168,19 @@ def convert_instances_to_masks(
 ) -> int:
     """Write one class-index PNG per image of a COCO instances JSON; return how many were written.
 
-    Category ids map to 1..N in sorted category-id order (for the official files: COCO_CLASSES order).
+    Category ids map to mask ids in sorted category-id order: the official 80 map to 1..80 (COCO_CLASSES
+    order). A file holding only some official categories keeps their official indices, so its masks still
+    match COCO_CLASSES; a file with other category ids numbers them 1..N.
     Files already present are skipped, so an interrupted run resumes. `ids` (file-name stems) limits the
     images. The id list (default: see `_default_list_path`) holds the selected images with at least one
     non-crowd object, as in the WSSS COCO lists; images without one still get an all-background mask.
     """
     instances_json, out_dir = Path(instances_json), Path(out_dir)
     coco = _load_coco(instances_json)
-    class_of = {cat_id: index + 1 for index, cat_id in enumerate(sorted(coco.getCatIds()))}
+    category_ids = sorted(coco.getCatIds())
+    if set(category_ids) <= set(COCO_CATEGORY_IDS):
+        category_ids = COCO_CATEGORY_IDS
+    class_of = {cat_id: index + 1 for index, cat_id in enumerate(category_ids)}
     if len(class_of) > IGNORE_INDEX - 1:
         raise DataError(f"{instances_json}: {len(class_of)} categories do not fit in an 8-bit mask")
     infos = sorted(coco.loadImgs(coco.getImgIds()), key=lambda info: info["file_name"])
@@ -179,7 +195,13 @@ def convert_instances_to_masks(
     for count, (stem, info) in enumerate(by_stem.items(), start=1):
         target = out_dir / f"{stem}.png"
         if not target.is_file():
-            save_mask_png(_draw_mask(coco, info, class_of), target)
+            try:
+                mask = _draw_mask(coco, info, class_of, instances_json)
+            except KeyError as exc:
+                raise DataError(
+                    f"{instances_json}: image {stem} or one of its annotations lacks the field {exc}"
+                ) from exc
+            save_mask_png(mask, target)
             written += 1
         if any(not ann.get("iscrowd", 0) for ann in _annotations(coco, info["id"])):
             listed.append(stem)

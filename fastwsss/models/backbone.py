@@ -14,7 +14,6 @@ The max-pool after conv1 always has stride 2. Every strided layer maps a side n 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -105,7 +104,7 @@ class Backbone(nn.Module):
         return self.stage4(self.stage3(self.stage2(self.stage1(x))))
 
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {
+BACKBONES: dict[str, partial[Backbone]] = {
     "resnet18": partial(Backbone, BasicBlock, (2, 2, 2, 2)),
     "resnet34": partial(Backbone, BasicBlock, (3, 4, 6, 3)),
     "resnet50": partial(Backbone, Bottleneck, (3, 4, 6, 3)),
@@ -130,7 +129,9 @@ def build_backbone(name: str, output_stride: int = 16, weights: str | Path | Non
     backbone = BACKBONES[name](output_stride=output_stride)
     if weights is not None:
         if backbone.base_width != IMAGENET_WIDTH:
-            standard = [n for n in BACKBONES if BACKBONES[n].keywords.get("base_width", IMAGENET_WIDTH) == IMAGENET_WIDTH]
+            standard = [
+                n for n in BACKBONES if BACKBONES[n].keywords.get("base_width", IMAGENET_WIDTH) == IMAGENET_WIDTH
+            ]
             raise ConfigError(
                 f"weights: {name} is a reduced-width network and cannot take ImageNet weights; "
                 f"drop the weights setting or choose one of {', '.join(standard)}"
