@@ -43,7 +43,7 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not an image file PIL can read") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)
 
 
 def read_label_png(path: Path, num_classes: int) -> np.ndarray:

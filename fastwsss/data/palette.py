@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 IGNORE_INDEX = 255
+
+
+@functools.lru_cache(maxsize=4)
+def _palette(num_colors: int) -> tuple[int, ...]:
+    return tuple(voc_palette(num_colors).reshape(-1).tolist())
 
 
 def voc_palette(num_colors: int = 256) -> np.ndarray:
@@ -30,7 +36,7 @@ def mask_to_image(mask: np.ndarray) -> Image.Image:
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    image.putpalette(voc_palette().reshape(-1).tolist())
+    image.putpalette(list(_palette(256)))
     return image
 
 

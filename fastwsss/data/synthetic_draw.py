@@ -104,9 +104,9 @@ TEXTURES: dict[str, Callable[[Array, Array, float], Array]] = {
         np.float32
     ),
     "rings": lambda u, v, p: (np.sin(np.hypot(u, v) * 4.5 * np.pi + p) > 0).astype(np.float32),
-    "hatch": lambda u, v, p: ((np.sin((u + v) * 3.0 * np.pi + p) > 0.55) | (np.sin((u - v) * 3.0 * np.pi) > 0.55)).astype(
-        np.float32
-    ),
+    "hatch": lambda u, v, p: (
+        (np.sin((u + v) * 3.0 * np.pi + p) > 0.55) | (np.sin((u - v) * 3.0 * np.pi) > 0.55)
+    ).astype(np.float32),
     "waves": lambda u, v, p: (np.sin(u * 3.5 * np.pi + 1.8 * np.sin(v * 2.5 * np.pi + p)) > 0).astype(np.float32),
     "grid": lambda u, v, p: ((_frac(u * 2.5 + p) < 0.2) | (_frac(v * 2.5) < 0.2)).astype(np.float32),
 }
@@ -122,7 +122,7 @@ def _blobs(xx: Array, yy: Array, rng: Rng, count: int, radius: tuple[float, floa
     cx = rng.uniform(-10, 106, count)
     cy = rng.uniform(-10, 106, count)
     rad = rng.uniform(radius[0], radius[1], count)
-    for x0, y0, r0 in zip(cx, cy, rad):
+    for x0, y0, r0 in zip(cx, cy, rad, strict=True):
         out += np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2.0 * r0 * r0))
     return np.clip(out, 0.0, 1.0)
 
@@ -176,22 +176,30 @@ def scene_texture(index: int, xx: Array, yy: Array, rng: Rng) -> Array:
     raise ValueError(f"unknown scene {name!r}")
 
 
-def neutral_background(xx: Array, yy: Array, rng: Rng) -> Array:
+def neutral_background(size: int, rng: Rng) -> Array:
     """A desaturated grey-ish clutter of random rectangles and faint lines: no scene, no object."""
     level = rng.uniform(110, 150)
     tint = rng.uniform(-8, 8, 3)
-    out = np.empty(xx.shape + (3,), dtype=np.float32)
+    out = np.empty((size, size, 3), dtype=np.float32)
     out[...] = _rgb(level + tint)
+    unit = size / 96.0
     for _ in range(int(rng.integers(6, 12))):
-        x0, y0 = rng.uniform(-10, 96, 2)
-        w, h = rng.uniform(8, 40, 2)
-        inside = (xx >= x0) & (xx < x0 + w) & (yy >= y0) & (yy < y0 + h)
+        x0, y0 = (int(round(a * unit)) for a in rng.uniform(-10, 96, 2))
+        w, h = (max(1, int(round(a * unit))) for a in rng.uniform(8, 40, 2))
         shade = level + rng.uniform(-35, 35) + rng.uniform(-6, 6, 3)
-        out[inside] = shade
+        out[max(y0, 0) : max(y0 + h, 0), max(x0, 0) : max(x0 + w, 0)] = shade
     angle = rng.uniform(0, np.pi)
-    lines = np.abs(_frac((xx * np.cos(angle) + yy * np.sin(angle)) / rng.uniform(9, 16)) - 0.5) < 0.04
-    out[lines] *= 0.85
+    axis = (np.arange(size, dtype=np.float32) + 0.5) / unit
+    proj = (axis[None, :] * np.cos(angle) + axis[:, None] * np.sin(angle)) / rng.uniform(9, 16)
+    out[np.abs(_frac(proj) - 0.5) < 0.04] *= 0.85
     return out
+
+
+def box(cx: float, cy: float, extent: float, size: int) -> tuple[slice, slice]:
+    """Rows and columns of the square of half-width `extent` around (cx, cy), clipped to the image."""
+    y0, y1 = max(int(cy - extent) - 1, 0), min(int(cy + extent) + 2, size)
+    x0, x1 = max(int(cx - extent) - 1, 0), min(int(cx + extent) + 2, size)
+    return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
 
 
 @dataclass
@@ -214,13 +222,15 @@ def local_coords(xx: Array, yy: Array, cx: float, cy: float, radius: float, angl
     return (c * dx + s * dy) / radius, (-s * dx + c * dy) / radius
 
 
-def context_region(xx: Array, yy: Array, place: Placement, wobble: Array) -> Array:
-    """A wobbly elliptical blob around the object, clearly larger than it."""
-    u, v = local_coords(xx, yy, place.cx, place.cy, place.ctx_radius, place.ctx_angle)
+def context_region(xx: Array, yy: Array, place: Placement, wobble: Array) -> tuple[tuple[slice, slice], Array]:
+    """A wobbly elliptical blob around the object, clearly larger than it, as (box, mask inside the box)."""
+    extent = place.ctx_radius * (1.0 + wobble[0] + wobble[2]) * max(1.0, 1.0 / place.ctx_aspect)
+    where = box(place.cx, place.cy, extent, xx.shape[0])
+    u, v = local_coords(xx[where], yy[where], place.cx, place.cy, place.ctx_radius, place.ctx_angle)
     v = v * place.ctx_aspect
     theta = np.arctan2(v, u)
     edge = 1.0 + wobble[0] * np.sin(3 * theta + wobble[1]) + wobble[2] * np.sin(5 * theta + wobble[3])
-    return u * u + v * v <= edge * edge
+    return where, u * u + v * v <= edge * edge
 
 
 def part_region(kind: str, u: Array, v: Array) -> Array:
@@ -234,16 +244,20 @@ def part_region(kind: str, u: Array, v: Array) -> Array:
 def draw_object(
     canvas: Array, xx: Array, yy: Array, cls: ObjectClass, place: Placement, part_color: Array, rng: Rng
 ) -> Array:
-    """Paint one object onto `canvas` (in place); return its pixel mask."""
-    u, v = local_coords(xx, yy, place.cx, place.cy, place.radius, place.angle)
+    """Paint one object onto `canvas` (in place); return its full-size pixel mask."""
+    where = box(place.cx, place.cy, place.radius, xx.shape[0])
+    u, v = local_coords(xx[where], yy[where], place.cx, place.cy, place.radius, place.angle)
     shape = SHAPES[cls.shape](u, v)
     color = _rgb(cls.color) * rng.uniform(0.88, 1.08) + rng.normal(0.0, 10.0, 3).astype(np.float32)
     pattern = TEXTURES[cls.texture](u, v, float(rng.uniform(0, 2 * np.pi))).astype(np.float32)
     texture = color * (1.0 - 0.42 * pattern[..., None])
     part = shape & part_region(cls.part, u, v)
-    canvas[shape] = texture[shape]
-    canvas[part] = part_color
-    return shape
+    local = canvas[where]
+    local[shape] = texture[shape]
+    local[part] = part_color
+    full = np.zeros(xx.shape, dtype=bool)
+    full[where] = shape
+    return full
 
 
 def shape_fill(shape: str) -> float:
