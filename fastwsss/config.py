@@ -66,9 +66,65 @@ class CamConfig:
 
 
 @dataclass
+class IRLabelConfig:
+    """Confident seeds from CAMs (ALGORITHMS.md section 3)."""
+
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+
+
+@dataclass
+class IRNConfig:
+    """Inter-pixel relation net: boundary branch on frozen backbone features (ALGORITHMS.md section 4).
+
+    `backbone_from`: "imagenet" builds `backbone` with `weights` (IRNet's choice); "cls" copies the trained
+    classifier's backbone, which is what the from-scratch CPU presets need (a frozen random backbone has no
+    useful features).
+    """
+
+    backbone: str = "resnet50"
+    backbone_from: str = "imagenet"
+    weights: str | None = None
+    radius: int = 10
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    resize_long: tuple[int, int] = (320, 640)
+    crop: int = 512
+
+
+@dataclass
+class PseudoConfig:
+    """Random-walk propagation and post-processing (ALGORITHMS.md section 5)."""
+
+    radius: int = 5
+    beta: float = 10.0
+    exp_times: int = 8
+    bg_threshold: float = 0.25
+
+
+@dataclass
+class SegConfig:
+    """Segmentation model trained on the pseudo masks (ALGORITHMS.md section 8)."""
+
+    model: str = "deeplabv2"
+    backbone: str = "resnet101"
+    weights: str | None = None
+    epochs: int = 20
+    batch_size: int = 10
+    lr: float = 2.5e-4
+    head_lr_mult: float = 10.0
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    crop: int = 321
+    scale_range: tuple[float, float] = (0.5, 1.5)
+
+
+@dataclass
 class EvalConfig:
     cam_bg_threshold: float = 0.15
-    cam_bg_sweep: tuple[float, ...] = (0.05, 0.10, 0.13, 0.15, 0.17, 0.20, 0.25, 0.30, 0.40)
+    cam_bg_sweep: tuple[float, ...] = (0.05, 0.10, 0.13, 0.15, 0.17, 0.20, 0.25, 0.30, 0.40, 0.50, 0.60)
 
 
 @dataclass
@@ -80,6 +136,10 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     cls: ClsConfig = field(default_factory=ClsConfig)
     cam: CamConfig = field(default_factory=CamConfig)
+    ir_label: IRLabelConfig = field(default_factory=IRLabelConfig)
+    irn: IRNConfig = field(default_factory=IRNConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
