@@ -7,7 +7,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -56,7 +56,7 @@ def apply_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
         for name in parents:
             chain.append(getattr(chain[-1], name))
         updated: Any = dataclasses.replace(chain[-1], **{leaf: value})
-        for parent, name in zip(reversed(chain[:-1]), reversed(parents)):
+        for parent, name in zip(reversed(chain[:-1]), reversed(parents), strict=True):
             updated = dataclasses.replace(parent, **{name: updated})
         config = updated
     return config
@@ -80,22 +80,22 @@ def check_resume_options(saved: RunConfig, options: dict[str, Any], rundir: Path
 @app.command()
 @friendly_errors
 def train(
-    method: Annotated[Optional[str], typer.Option(help="cam (more with later releases)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="synthetic (built in, no download), voc or coco")] = None,
-    root: Annotated[Optional[Path], typer.Option(help="Data set folder (VOC: VOCdevkit/VOC2012)")] = None,
+    method: Annotated[str | None, typer.Option(help="cam (more with later releases)")] = None,
+    data: Annotated[str | None, typer.Option(help="synthetic (built in, no download), voc or coco")] = None,
+    root: Annotated[Path | None, typer.Option(help="Data set folder (VOC: VOCdevkit/VOC2012)")] = None,
     preset: Annotated[str, typer.Option(help=f"Settings bundle: {', '.join(PRESETS)}")] = "synthetic",
-    out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<method>-<preset>-<time>]")] = None,
-    stages: Annotated[Optional[str], typer.Option(help="Comma-separated subset, e.g. cam,eval")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory [default: runs/<method>-<preset>-<time>]")] = None,
+    stages: Annotated[str | None, typer.Option(help="Comma-separated subset, e.g. cam,eval")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed of the run")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ImageNet state dict for the backbone")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="resnet18/34/50/101, resnet18_half, resnet18_quarter")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Classifier epochs")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Classifier batch size")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Classifier backbone learning rate (head x10)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda[:N]")] = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes")] = None,
-    cls_labels: Annotated[Optional[Path], typer.Option(help="IRNet-style cls_labels.npy (else labels from masks)")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of the run")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local torchvision ImageNet state dict for the backbone")] = None,
+    backbone: Annotated[str | None, typer.Option(help="resnet18/34/50/101, resnet18_half, resnet18_quarter")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Classifier epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Classifier batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="Classifier backbone learning rate (head x10)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N]")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Data loader worker processes")] = None,
+    cls_labels: Annotated[Path | None, typer.Option(help="IRNet-style cls_labels.npy (else labels from masks)")] = None,
 ) -> None:
     """Train a method end to end (or the --stages you name). With no options: the default synthetic job.
 
@@ -166,7 +166,7 @@ def eval_command(
 
 @app.command()
 @friendly_errors
-def presets(name: Annotated[Optional[str], typer.Argument(help="Show this preset's full settings")] = None) -> None:
+def presets(name: Annotated[str | None, typer.Argument(help="Show this preset's full settings")] = None) -> None:
     """List the presets, or print one preset's resolved settings as JSON."""
     import json
 

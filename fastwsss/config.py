@@ -8,8 +8,9 @@ RUNDIR/config.json and read back on `--resume`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fastwsss.errors import ConfigError
 
@@ -71,6 +72,7 @@ class IRLabelConfig:
 
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
+    crf: bool = False
 
 
 @dataclass
@@ -170,6 +172,19 @@ def _small_cls(**changes: Any) -> ClsConfig:
     return dataclasses.replace(base, **changes)
 
 
+def _small_irn(**changes: Any) -> IRNConfig:
+    """IRN for the CPU presets: the boundary head on the trained classifier's frozen backbone."""
+    base = IRNConfig(backbone_from="cls", epochs=3, batch_size=32, lr=0.1, resize_long=(80, 112), crop=96)
+    return dataclasses.replace(base, **changes)
+
+
+def _small_seg(**changes: Any) -> SegConfig:
+    """DeepLab-v2 on a reduced-width ResNet-18, trained from scratch (so a larger lr than the paper's)."""
+    base = SegConfig(model="deeplabv2", backbone="resnet18_half", epochs=10, batch_size=16, lr=0.01, head_lr_mult=1.0, crop=96,
+                     scale_range=(0.75, 1.25))
+    return dataclasses.replace(base, **changes)
+
+
 def preset_tiny() -> RunConfig:
     """Seconds-scale smoke run: a small synthetic set and a tiny net, every stage."""
     return RunConfig(
@@ -177,12 +192,14 @@ def preset_tiny() -> RunConfig:
         data=DataConfig(synth=SynthConfig(size=64, num_train=160, num_val=48, num_debiased=48)),
         cls=_small_cls(backbone="resnet18_quarter", epochs=3, resize_long=(56, 72), crop=64),
         cam=CamConfig(scales=(1.0, 0.5, 1.5)),
+        irn=_small_irn(epochs=2, batch_size=16, resize_long=(56, 72), crop=64),
+        seg=_small_seg(backbone="resnet18_quarter", epochs=3, crop=64),
     )
 
 
 def preset_synthetic() -> RunConfig:
     """The default job: the built-in synthetic set, minutes on 2 CPU cores."""
-    return RunConfig(preset="synthetic", data=DataConfig(), cls=_small_cls(epochs=8))
+    return RunConfig(preset="synthetic", data=DataConfig(), cls=_small_cls(epochs=8), irn=_small_irn(), seg=_small_seg())
 
 
 def preset_voc() -> RunConfig:
@@ -191,6 +208,7 @@ def preset_voc() -> RunConfig:
         preset="voc",
         data=DataConfig(name="voc", train_split="train_aug", val_split="val", cam_split="train", num_workers=4),
         cls=ClsConfig(),
+        ir_label=IRLabelConfig(crf=True),
     )
 
 
@@ -246,6 +264,30 @@ def validate(config: RunConfig) -> RunConfig:
     need(0 < c.resize_long[0] <= c.resize_long[1], "cls.resize_long", f"need 0 < min <= max, got {c.resize_long}")
     need(c.crop >= 16, "cls.crop", f"must be >= 16, got {c.crop}")
     need(len(config.cam.scales) >= 1 and all(x > 0 for x in config.cam.scales), "cam.scales", "need positive scales")
+    i = config.ir_label
+    need(0 < i.bg_threshold < i.fg_threshold < 1, "ir_label.fg_threshold",
+         f"need 0 < bg_threshold < fg_threshold < 1, got {i.bg_threshold} and {i.fg_threshold}")
+    r = config.irn
+    need(r.backbone_from in ("imagenet", "cls"), "irn.backbone_from", f"imagenet or cls, got {r.backbone_from!r}")
+    need(r.radius >= 2, "irn.radius", f"must be >= 2, got {r.radius}")
+    need(r.epochs >= 1 and r.batch_size >= 1 and r.lr > 0, "irn.epochs", "epochs, batch_size and lr must be positive")
+    need(0 < r.resize_long[0] <= r.resize_long[1] and r.crop >= 16, "irn.crop", "need a valid resize_long and crop >= 16")
+    p = config.pseudo
+    need(p.radius >= 2, "pseudo.radius", f"must be >= 2, got {p.radius}")
+    need(p.beta > 0, "pseudo.beta", f"must be > 0, got {p.beta}")
+    need(0 <= p.exp_times <= 16, "pseudo.exp_times", f"must be in 0..16, got {p.exp_times}")
+    need(0 < p.bg_threshold < 1, "pseudo.bg_threshold", f"must be in (0, 1), got {p.bg_threshold}")
+    g = config.seg
+    need(g.model in ("deeplabv2", "deeplabv3"), "seg.model", f"deeplabv2 or deeplabv3, got {g.model!r}")
+    need(g.epochs >= 1, "seg.epochs", f"must be >= 1, got {g.epochs}")
+    need(g.batch_size >= 1, "seg.batch_size", f"must be >= 1, got {g.batch_size}")
+    need(g.model != "deeplabv3" or g.batch_size >= 2, "seg.batch_size", "deeplabv3 needs >= 2 (BatchNorm in ASPP pooling)")
+    need(g.lr > 0, "seg.lr", f"must be > 0, got {g.lr}")
+    need(g.head_lr_mult > 0, "seg.head_lr_mult", f"must be > 0, got {g.head_lr_mult}")
+    need(0 <= g.momentum < 1, "seg.momentum", f"must be in [0, 1), got {g.momentum}")
+    need(g.weight_decay >= 0, "seg.weight_decay", f"must be >= 0, got {g.weight_decay}")
+    need(0 < g.scale_range[0] <= g.scale_range[1], "seg.scale_range", f"need 0 < min <= max, got {g.scale_range}")
+    need(g.crop >= 16, "seg.crop", f"must be >= 16, got {g.crop}")
     e = config.eval
     need(0 < e.cam_bg_threshold < 1, "eval.cam_bg_threshold", f"must be in (0, 1), got {e.cam_bg_threshold}")
     need(config.device in ("auto", "cpu") or config.device.startswith("cuda"), "device", f"auto, cpu or cuda[:N], got {config.device!r}")

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from fastwsss.config import RunConfig, validate
+from fastwsss.crf import crf_available
+from fastwsss.errors import ConfigError
 from fastwsss.progress import log
 from fastwsss.rundir import RunDir, create_or_resume
 from fastwsss.stages import stages_for
@@ -18,6 +20,12 @@ from fastwsss.stages.context import StageContext, StepHook, resolve_device
 
 def default_run_name(config: RunConfig) -> str:
     return f"{config.method}-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def preflight(config: RunConfig, stage_names: list[str]) -> None:
+    """Checks of the environment that would otherwise fail hours into a run."""
+    if "ir_label" in stage_names and config.ir_label.crf and not crf_available():
+        raise ConfigError("ir_label.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or set crf off")
 
 
 def run_pipeline(
@@ -30,6 +38,7 @@ def run_pipeline(
     """Run `stages` (default: all of the method's) in RUNDIR; with `resume`, finished stages are skipped and
     unfinished ones continue from their last checkpoint or last finished image."""
     config = validate(config)
+    preflight(config, [stage.name for stage in stages_for(config.method, stages)])
     out = Path(out) if out is not None else Path("runs") / default_run_name(config)
     run, config = create_or_resume(out, config, resume)
     try:

@@ -43,6 +43,6 @@ def per_class_table(row: dict[str, Any]) -> Table:
     table = Table(title=f"{row['stage']} / {row['split']}: IoU per class (%)")
     table.add_column("class")
     table.add_column("IoU", justify="right")
-    for name, value in zip(names, row["per_class_iou"]):
+    for name, value in zip(names, row["per_class_iou"], strict=False):
         table.add_row(name, _pct(value))
     return table

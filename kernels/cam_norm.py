@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from fastwsss.kernels.dispatch import kernel_backend, register_backends
 
 OP = "cam_norm"

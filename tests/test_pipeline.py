@@ -142,3 +142,25 @@ def test_unknown_preset_and_method_are_one_line(tmp_path):
 def test_module_help_runs():
     done = subprocess.run([sys.executable, "-m", "fastwsss", "train", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--preset" in done.stdout
+
+
+def test_pseudo_interrupted_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    from PIL import Image
+
+    config = small_config(epochs=1)
+    config = dataclasses.replace(config, irn=dataclasses.replace(config.irn, epochs=1))
+    straight = run_pipeline(config, tmp_path / "straight", stages="cls,cam,ir_label,irn,pseudo")
+    cut = tmp_path / "cut"
+    shutil.copytree(straight.path, cut, ignore=shutil.ignore_patterns("pseudo", ".lock"))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, cut, stages="pseudo", resume=True, on_step=Interrupt("pseudo", 7))
+    done = {p.name: p.stat().st_mtime_ns for p in (cut / "pseudo").glob("*.png")}
+    assert len(done) == 7 and not (cut / "pseudo" / "DONE").exists()
+    run_pipeline(config, cut, stages="pseudo", resume=True)
+    after = sorted((cut / "pseudo").glob("*.png"))
+    assert len(after) == 48
+    assert all(p.stat().st_mtime_ns == done[p.name] for p in after if p.name in done)
+    for path in after:
+        a = np.asarray(Image.open(straight.path / "pseudo" / path.name))
+        b = np.asarray(Image.open(path))
+        np.testing.assert_array_equal(a, b, err_msg=path.name)

@@ -120,19 +120,19 @@ class CAMNet(nn.Module):
         ]
 
 
-def _check_plain(value: Any, where: str) -> None:
+def check_plain_metadata(value: Any, where: str) -> None:
     """Checkpoint metadata must reload under torch.load(weights_only=True): plain containers and tensors."""
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
+            check_plain_metadata(item, f"{where}[{i}]")
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"checkpoint metadata {where}: keys must be strings, got {key!r}")
-            _check_plain(item, f"{where}.{key}")
+            check_plain_metadata(item, f"{where}.{key}")
         return
     raise TypeError(f"checkpoint metadata {where}: unsupported type {type(value).__name__}")
 
@@ -143,7 +143,7 @@ def save_checkpoint(path: str | Path, model: CAMNet, extra: dict[str, Any] | Non
     `extra` may hold numbers, strings, None, lists/tuples/dicts of those, and tensors.
     """
     meta = dict(extra or {})
-    _check_plain(meta, "extra")
+    check_plain_metadata(meta, "extra")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "kwargs": dict(model.init_kwargs),

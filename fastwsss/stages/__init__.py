@@ -18,20 +18,21 @@ class Stage:
 
 
 def _registry() -> dict[str, Stage]:
-    from fastwsss.stages.cam import FOLDER as CAM_FOLDER
-    from fastwsss.stages.cam import run_cam
-    from fastwsss.stages.cls import run_cls
-    from fastwsss.stages.evaluate import run_eval
+    from fastwsss.stages import cam, cls, evaluate, ir_label, irn, pseudo, seg
 
     return {
-        "cls": Stage("cls", "cls", run_cls),
-        "cam": Stage("cam", CAM_FOLDER, run_cam),
-        "eval": Stage("eval", "", run_eval),
+        "cls": Stage("cls", cls.FOLDER, cls.run_cls),
+        "cam": Stage("cam", cam.FOLDER, cam.run_cam),
+        "ir_label": Stage("ir_label", ir_label.FOLDER, ir_label.run_ir_label),
+        "irn": Stage("irn", irn.FOLDER, irn.run_irn),
+        "pseudo": Stage("pseudo", pseudo.FOLDER, pseudo.run_pseudo),
+        "seg": Stage("seg", seg.FOLDER, seg.run_seg),
+        "eval": Stage("eval", "", evaluate.run_eval),
     }
 
 
 METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    "cam": ("cls", "cam", "eval"),
+    "cam": ("cls", "cam", "ir_label", "irn", "pseudo", "seg", "eval"),
 }
 
 

@@ -1,19 +1,23 @@
 """Stage `eval`: score whatever the run directory holds against the ground truth (ALGORITHMS.md section 9).
 
 CAM seeds: a constant background plane is prepended to the normalised high_res CAMs and the argmax taken,
-for the configured threshold and for a sweep of thresholds (C2AM sweeps 0.13..0.20). One metrics row per
-evaluated output, appended to RUNDIR/metrics.jsonl; mIoU is stored as a fraction in 0..1.
+for the configured threshold and for a sweep of thresholds (C2AM sweeps 0.13..0.20). IR labels are scored
+on their confident pixels only (255 = unsure is left out) with the share of pixels that are confident;
+pseudo masks and the segmentation model's predictions on the training images as plain masks. One metrics
+row per evaluated output, appended to RUNDIR/metrics.jsonl; mIoU is stored as a fraction in 0..1.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fastwsss.cam_inference import cam_seed_mask, load_cam_npz
 from fastwsss.data import build_source
-from fastwsss.data.base import SegmentationSource
+from fastwsss.data.base import SegmentationSource, read_label_png
+from fastwsss.data.palette import IGNORE_INDEX
 from fastwsss.errors import DataError
 from fastwsss.metrics import ConfusionMeter, json_ious
 from fastwsss.progress import track, warn
@@ -73,11 +77,54 @@ def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[st
     }
 
 
+def evaluate_mask_folder(ctx: StageContext, folder: Path, source: SegmentationSource, stage: str) -> dict[str, Any] | None:
+    """mIoU of the class-index PNGs `folder/<id>.png` over `source`; 255 in a prediction counts as unsure."""
+    if not folder.is_dir():
+        return None
+    meter = ConfusionMeter(source.num_classes + 1)
+    evaluated = confident = labelled = 0
+    for image_id in track(source.ids, f"eval: {stage} ({source.split})"):
+        path = folder / f"{image_id}.png"
+        if not path.is_file():
+            continue
+        try:
+            gt = source.load_mask(image_id)
+            pred = read_label_png(path, source.num_classes)
+        except DataError as exc:
+            warn(str(exc))
+            continue
+        if pred.shape != gt.shape:
+            warn(f"{path}: mask is {pred.shape} but the ground truth is {gt.shape}; skipped")
+            continue
+        meter.update(pred, gt)
+        valid = gt != IGNORE_INDEX
+        labelled += int(valid.sum())
+        confident += int((valid & (pred != IGNORE_INDEX)).sum())
+        evaluated += 1
+    if evaluated == 0:
+        return None
+    if evaluated < len(source.ids):
+        warn(f"eval: {stage}: {len(source.ids) - evaluated} of {len(source.ids)} images had no output and were left out")
+    return {
+        "stage": stage,
+        "split": source.split,
+        "method": ctx.config.method,
+        "miou": meter.miou(),
+        "per_class_iou": json_ious(meter.iou()),
+        "class_names": ["background", *source.class_names],
+        "confident_fraction": confident / max(labelled, 1),
+        "images": evaluated,
+    }
+
+
 def run_eval(ctx: StageContext) -> list[dict[str, Any]]:
     cfg = ctx.config
     rows = []
     source = build_source(cfg.data, cfg.data.cam_split)
-    row = evaluate_cam_seeds(ctx, source)
-    if row is not None:
-        rows.append(ctx.run.log_metric(row))
+    scored = [evaluate_cam_seeds(ctx, source)]
+    for stage, folder in (("ir_label", "ir_labels"), ("pseudo", "pseudo"), ("seg", "seg/pred")):
+        scored.append(evaluate_mask_folder(ctx, ctx.run.path / folder, source, stage))
+    for row in scored:
+        if row is not None:
+            rows.append(ctx.run.log_metric(row))
     return rows

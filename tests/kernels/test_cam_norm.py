@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from fastwsss.errors import ConfigError
 from fastwsss.kernels import dispatch
 from fastwsss.kernels.cam_norm import cam_norm, cam_norm_reference
 from fastwsss.kernels.dispatch import kernel_backend, register_backends, registered_backends
-
-from fastwsss.errors import ConfigError
 
 # Output tolerance per dtype, relative to values in [0, 1]: one rounding of the fp32 result to the dtype.
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}

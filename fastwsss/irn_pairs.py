@@ -1,0 +1,96 @@
+"""Pair labels and the affinity loss of IRN training (ALGORITHMS.md section 4).
+
+IR labels (0 = sure background, 1..K = class, 255 = unsure) are taken at the stride-4 grid by nearest
+sampling, `label[::4, ::4]`, which has ((H - 1) // 4 + 1) rows like the boundary map. For every direction
+d of the half disc of `radius` (in `fastwsss.affinity.half_disc_directions` order) and every source cell
+p whose partner p + d lies inside the grid, the pair is
+
+    bg_pos  both labels 0,
+    fg_pos  the same label > 0,
+    neg     different labels, neither 255,
+
+and a pair touching 255 (or leaving the grid) is in no set. Masks are boolean (B, D, h, w), indexed like
+the affinities of `fastwsss.affinity.path_max_affinity`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from fastwsss.affinity import half_disc_directions
+from fastwsss.data.palette import IGNORE_INDEX
+
+STRIDE = 4
+EPS = 1e-5
+
+
+class PairMasks(NamedTuple):
+    """Boolean (B, D, h, w) masks of the three pair sets."""
+
+    bg_pos: torch.Tensor
+    fg_pos: torch.Tensor
+    neg: torch.Tensor
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(mask.sum()) for name, mask in zip(self._fields, self, strict=True)}
+
+
+def downsample_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Nearest x0.25: (B, H, W) or (H, W) labels -> every 4th row and column from the first."""
+    return labels[..., ::STRIDE, ::STRIDE]
+
+
+def pair_masks(grid_labels: torch.Tensor, radius: int) -> PairMasks:
+    """The bg_pos / fg_pos / neg masks of (B, h, w) stride-4 labels for the half disc of `radius`."""
+    if grid_labels.dim() == 2:
+        grid_labels = grid_labels.unsqueeze(0)
+    if grid_labels.dim() != 3:
+        raise ValueError(f"labels must be (B, h, w), got shape {tuple(grid_labels.shape)}")
+    if radius < 2:
+        raise ValueError(f"radius must be >= 2 (radius 1 has no pairs), got {radius}")
+    labels = grid_labels.long()
+    height, width = labels.shape[-2:]
+    reach = radius - 1
+    # Pad left, right and bottom with the ignore label: a partner outside the grid then reads 255 and
+    # the pair drops out like any pair touching an unsure pixel.
+    padded = F.pad(labels, (reach, reach, 0, reach), value=IGNORE_INDEX)
+    partners = torch.stack(
+        [padded[:, dy : dy + height, reach + dx : reach + dx + width] for dy, dx in half_disc_directions(radius)],
+        dim=1,
+    )
+    source = labels.unsqueeze(1)
+    valid = (source != IGNORE_INDEX) & (partners != IGNORE_INDEX)
+    same = source == partners
+    return PairMasks(
+        bg_pos=valid & same & (source == 0),
+        fg_pos=valid & same & (source > 0),
+        neg=valid & ~same,
+    )
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over `mask` (over the whole batch); 0 for an empty mask, never NaN."""
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / mask.sum().clamp(min=1)
+
+
+def affinity_loss(aff: torch.Tensor, masks: PairMasks) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """IRN's affinity loss on affinities `aff` (B, D, h, w) in [0, 1].
+
+    bg_pos = mean over bg_pos pairs of -log(a + 1e-5), fg_pos likewise, neg = mean over neg pairs of
+    -log(1 + 1e-5 - a); each mean is taken over all pairs of the batch and an empty set gives 0. The two
+    positive parts are averaged, pos = bg_pos / 2 + fg_pos / 2, and the total averages the positive and
+    negative parts, (pos + neg) / 2, as IRNet's edge branch does (ALGORITHMS.md section 4). Returns (total, {"bg_pos", "fg_pos", "pos", "neg"}) as tensors.
+    """
+    if aff.shape != masks.bg_pos.shape:
+        raise ValueError(f"affinities {tuple(aff.shape)} and pair masks {tuple(masks.bg_pos.shape)} differ in shape")
+    pos_term = -torch.log(aff + EPS)
+    neg_term = -torch.log(1.0 + EPS - aff)
+    bg_pos = _masked_mean(pos_term, masks.bg_pos)
+    fg_pos = _masked_mean(pos_term, masks.fg_pos)
+    neg = _masked_mean(neg_term, masks.neg)
+    pos = bg_pos / 2 + fg_pos / 2
+    return (pos + neg) / 2, {"bg_pos": bg_pos, "fg_pos": fg_pos, "pos": pos, "neg": neg}

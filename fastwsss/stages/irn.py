@@ -1,0 +1,196 @@
+"""Stage `irn`: train IRN's boundary branch from the IR labels (ALGORITHMS.md section 4).
+
+Inputs: RUNDIR/ir_labels/<id>.png (P-mode, 0 = sure background, 1..K = class, 255 = unsure) for the
+images of `data.cam_split`, written by the ir_label stage, and -- with `irn.backbone_from = "cls"` -- the
+classifier RUNDIR/cls/ckpt.pt whose backbone is copied and frozen.
+
+Each step: boundary logits at stride 4, affinities 1 - max(sigmoid(edge)) along the path of every pair of
+the radius-`irn.radius` half disc (`fastwsss.affinity.path_max_affinity`), the pair loss of
+`fastwsss.irn_pairs`. SGD with momentum 0.9 on the edge head only, poly lr per step. As in the cls stage,
+data order and augmentation are functions of (seed, epoch, index) and RUNDIR/irn/last.pt is written after
+every epoch, so a resumed run trains exactly as an uninterrupted one; the final model is RUNDIR/irn/ckpt.pt.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fastwsss.affinity import path_max_affinity
+from fastwsss.data import build_source
+from fastwsss.data.base import SegmentationSource, read_label_png
+from fastwsss.data.datasets import ClassificationDataset
+from fastwsss.data.palette import IGNORE_INDEX
+from fastwsss.data.transforms import apply_crop, hflip, resize_long_mask
+from fastwsss.errors import CheckpointError, ConfigError, DataError, FastwsssError
+from fastwsss.io import atomic_path
+from fastwsss.irn_pairs import affinity_loss, downsample_labels, pair_masks
+from fastwsss.models.irn import BoundaryNet, save_irn_checkpoint
+from fastwsss.progress import log, make_progress, warn
+from fastwsss.stages.cls import epoch_order, poly_lr
+from fastwsss.stages.context import StageContext
+
+STAGE = FOLDER = "irn"
+IR_LABEL_FOLDER = "ir_labels"
+MOMENTUM = 0.9
+
+
+class IRLabelDataset(ClassificationDataset):
+    """Normalised image crops with their IR-label crops, augmented exactly like classifier training.
+
+    Random long-side resize in `resize_long` (bicubic image, nearest label), random h-flip, random crop
+    (padding: image 0, label 255). Only `ids` (those with an IR-label file) are used, in that order.
+    """
+
+    def __init__(
+        self,
+        source: SegmentationSource,
+        label_dir: Path,
+        ids: list[str],
+        resize_long: tuple[int, int],
+        crop: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(source, resize_long, crop, seed=seed, augment=True)
+        self.label_dir = Path(label_dir)
+        self.ids = list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def label_path(self, image_id: str) -> Path:
+        return self.label_dir / f"{image_id}.png"
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        image = self.source.load_image(image_id)
+        path = self.label_path(image_id)
+        label = read_label_png(path, self.source.num_classes)
+        if label.shape != image.shape[:2]:
+            raise DataError(
+                f"{path}: IR label is {label.shape[1]}x{label.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        long_side, flip, box = self._geometry(image.shape[0], image.shape[1], self.rng_for(index))
+        label = resize_long_mask(label, long_side)
+        if flip:
+            label = hflip(label)
+        label = apply_crop(label, box, self.crop, IGNORE_INDEX)
+        return {
+            "image": self._image_tensor(image, long_side, flip, box),
+            "ir_label": torch.from_numpy(label.astype(np.int64)),
+            "id": image_id,
+        }
+
+
+def labelled_ids(source: SegmentationSource, label_dir: Path) -> list[str]:
+    """Ids of the split that have an IR-label file; the missing ones are reported in one warning line."""
+    ids = [i for i in source.ids if (label_dir / f"{i}.png").is_file()]
+    missing = len(source.ids) - len(ids)
+    if not ids:
+        raise DataError(f"{label_dir}: no IR labels for split {source.split!r}; run the ir_label stage first")
+    if missing:
+        warn(f"irn: {missing} of {len(source.ids)} images have no IR label in {label_dir} and are skipped")
+    return ids
+
+
+def build_boundary_net(ctx: StageContext) -> BoundaryNet:
+    n = ctx.config.irn
+    torch.manual_seed(ctx.config.seed)
+    if n.backbone_from == "imagenet":
+        return BoundaryNet.from_imagenet(n.backbone, n.weights)
+    if n.backbone_from == "cls":
+        return BoundaryNet.from_classifier(ctx.run.path / "cls" / "ckpt.pt")
+    raise ConfigError(f"irn.backbone_from: must be 'imagenet' or 'cls', got {n.backbone_from!r}")
+
+
+def run_irn(ctx: StageContext) -> None:
+    cfg = ctx.config
+    n = cfg.irn
+    out = ctx.run.stage_dir(FOLDER)
+    source = build_source(cfg.data, cfg.data.cam_split)
+    label_dir = ctx.run.path / IR_LABEL_FOLDER
+    ids = labelled_ids(source, label_dir)
+    dataset = IRLabelDataset(source, label_dir, ids, n.resize_long, n.crop, seed=cfg.seed)
+    model = build_boundary_net(ctx).to(ctx.device)
+    optimizer = torch.optim.SGD(model.head_parameters(), lr=n.lr, momentum=MOMENTUM, weight_decay=n.weight_decay)
+
+    batch = min(n.batch_size, len(dataset))
+    steps_per_epoch = len(dataset) // batch
+    max_step = steps_per_epoch * n.epochs
+    start_epoch, step = 0, 0
+    last_path = out / "last.pt"
+    if ctx.resume and last_path.is_file():
+        try:
+            state = torch.load(last_path, map_location=ctx.device, weights_only=True)
+            model.head.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        except Exception as exc:
+            raise CheckpointError(f"{last_path}: cannot resume from this checkpoint ({exc})") from exc
+        log(f"irn: resuming after epoch {start_epoch} of {n.epochs} from {last_path}")
+
+    with make_progress() as progress:
+        task = progress.add_task("irn: train", total=max_step, completed=step, info="")
+        for epoch in range(start_epoch, n.epochs):
+            dataset.set_epoch(epoch)
+            order = epoch_order(len(dataset), cfg.seed, epoch)[: steps_per_epoch * batch]
+            loader = DataLoader(
+                dataset, batch_size=batch, sampler=order, num_workers=cfg.data.num_workers, drop_last=True
+            )
+            model.train()
+            total, count = 0.0, 0
+            for sample in loader:
+                images = sample["image"].to(ctx.device, non_blocking=True)
+                labels = sample["ir_label"].to(ctx.device, non_blocking=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = poly_lr(n.lr, step, max_step)
+                edge = torch.sigmoid(model(images))
+                aff = path_max_affinity(edge, n.radius)
+                loss, _ = affinity_loss(aff, pair_masks(downsample_labels(labels), n.radius))
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FastwsssError(
+                        f"irn: loss is {value} at epoch {epoch + 1} step {step + 1}; the last good checkpoint "
+                        f"stays at {last_path if last_path.exists() else 'none (first epoch)'}; lower irn.lr or "
+                        "check the IR labels"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                total += value
+                count += 1
+                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{n.epochs} loss {total / count:.4f}")
+                ctx.step(STAGE, step)
+            with atomic_path(last_path) as tmp:
+                torch.save(
+                    {
+                        "head": model.head.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                    },
+                    tmp,
+                )
+            ctx.run.log_metric(
+                {
+                    "stage": STAGE,
+                    "split": cfg.data.cam_split,
+                    "method": cfg.method,
+                    "epoch": epoch + 1,
+                    "loss": total / max(count, 1),
+                    "miou": None,
+                    "per_class_iou": None,
+                }
+            )
+    save_irn_checkpoint(
+        out / "ckpt.pt", model, {"backbone_from": n.backbone_from, "radius": n.radius, "data": cfg.data.name}
+    )
+    ctx.run.mark_done(
+        STAGE, {"epochs": n.epochs, "steps": step, "images": len(ids), "skipped": len(source.ids) - len(ids)}
+    )

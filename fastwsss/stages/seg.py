@@ -1,0 +1,356 @@
+"""Stage `seg`: train DeepLab on the pseudo masks, evaluate it, predict the CAM split (ALGORITHMS.md 8, 9).
+
+Training data: the images of `data.cam_split` with RUNDIR/pseudo/<id>.png (P-mode, 0 = background, 1..K)
+as their masks; images without a pseudo mask are left out with one summary warning. Augmentation: the long
+side is drawn uniformly from the integers round(scale_range[0] * L) .. round(scale_range[1] * L), L being
+that image's own long side (a simple form of DeepLab's 0.5-1.5 rescaling), then a random h-flip and a
+random crop of `seg.crop` (images padded with the mean colour, masks with 255). Like `cls`, data order and
+augmentation are functions of (seed, epoch, index) and the global torch RNG state is checkpointed, so a
+resumed run trains exactly as an uninterrupted one.
+
+Loss: pixel cross entropy with 255 ignored (a batch with no labelled pixel contributes 0, not NaN). SGD
+with momentum and weight decay, poly lr (power 0.9) per step, head lr x `head_lr_mult`.
+
+Outputs: RUNDIR/seg/last.pt (after every epoch), ckpt.pt (final), pred/<id>.png (palette PNG of every
+cam-split image, used by CONTA), metrics rows `seg_train` per epoch and `seg` for the val split and for
+the cam split (each scored against its ground truth when it has one). `ctx.step("seg", step)` runs after
+every optimiser step and `ctx.step("seg_pred", count)` after every written prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fastwsss.cam_inference import normalize_image
+from fastwsss.config import SegConfig
+from fastwsss.data import build_source
+from fastwsss.data.base import SegmentationSource, read_label_png
+from fastwsss.data.datasets import SegmentationDataset
+from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
+from fastwsss.data.transforms import CropBox, draw_long_side, long_side_size, random_crop_box
+from fastwsss.errors import CheckpointError, ConfigError, DataError, FastwsssError
+from fastwsss.io import atomic_path
+from fastwsss.metrics import ConfusionMeter, json_ious
+from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
+from fastwsss.progress import log, make_progress, track, warn
+from fastwsss.stages.cls import epoch_order, poly_lr
+from fastwsss.stages.context import StageContext
+
+STAGE = FOLDER = "seg"
+PSEUDO_FOLDER = "pseudo"
+PRED_FOLDER = "pred"
+
+
+class PseudoMaskSource(SegmentationSource):
+    """The images of `base` whose pseudo mask exists in `pseudo_dir`, with that mask as their mask."""
+
+    def __init__(self, base: SegmentationSource, pseudo_dir: Path) -> None:
+        super().__init__(base.root, base.split, base.class_names)
+        self.base = base
+        self.pseudo_dir = Path(pseudo_dir)
+        self._ids = [i for i in base.ids if self.mask_path(i).is_file()]
+        self.missing = len(base.ids) - len(self._ids)
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def image_path(self, image_id: str) -> Path:
+        return self.base.image_path(image_id)
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        return self.base.load_image(image_id)
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.pseudo_dir / f"{image_id}.png"
+
+
+class ScaledSegmentationDataset(SegmentationDataset):
+    """A SegmentationDataset whose random long side is a multiple (in `scale_range`) of each image's own.
+
+    The parent's fixed `resize_long` range is not used when augmenting; evaluation mode (augment=False)
+    behaves as the parent's.
+    """
+
+    def __init__(
+        self,
+        source: SegmentationSource,
+        scale_range: tuple[float, float],
+        crop: int,
+        seed: int = 0,
+        augment: bool = True,
+    ) -> None:
+        lo, hi = scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range}")
+        super().__init__(source, (crop, crop), crop, seed=seed, augment=augment)
+        self.scale_range = (float(lo), float(hi))
+
+    def long_side_range(self, height: int, width: int) -> tuple[int, int]:
+        longest = max(height, width)
+        lo = max(1, round(self.scale_range[0] * longest))
+        return lo, max(lo, round(self.scale_range[1] * longest))
+
+    def _geometry(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, bool, CropBox]:
+        if not self.augment:
+            return super()._geometry(height, width, rng)
+        long_side = draw_long_side(*self.long_side_range(height, width), rng)
+        flip = bool(rng.random() < 0.5)
+        h, w = long_side_size(height, width, long_side)
+        return long_side, flip, random_crop_box(h, w, self.crop, rng)
+
+
+def pseudo_source(base: SegmentationSource, pseudo_dir: Path) -> PseudoMaskSource:
+    """The training source; FastwsssError naming `pseudo_dir` when it holds no mask for the split."""
+    source = PseudoMaskSource(base, pseudo_dir)
+    if not source.ids:
+        raise FastwsssError(
+            f"{pseudo_dir}: no pseudo masks for the {len(base.ids)} images of split {base.split!r}; "
+            "run the pseudo stage first"
+        )
+    if source.missing:
+        warn(
+            f"seg: {source.missing} of {len(base.ids)} images of {base.split!r} have no pseudo mask in {pseudo_dir}; skipped"
+        )
+    return source
+
+
+def predict_mask(model: nn.Module, image: np.ndarray, device: torch.device | str | None = None) -> np.ndarray:
+    """Class-id mask (H, W) uint8 of one (H, W, 3) uint8 RGB image: full image, single scale, argmax.
+
+    `model` must already be on `device` (default: the device of its parameters); it runs in eval mode
+    and its previous mode is restored.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(normalize_image(image, device))
+            mask = logits[0].argmax(dim=0).to(torch.uint8)
+    finally:
+        model.train(was_training)
+    return mask.cpu().numpy()
+
+
+def _make_optimizer(model: SegModel, s: SegConfig) -> torch.optim.SGD:
+    backbone_group, head_group = model.param_groups()
+    head_lr = s.lr * s.head_lr_mult
+    groups = [
+        {**backbone_group, "lr": s.lr, "initial_lr": s.lr},
+        {**head_group, "lr": head_lr, "initial_lr": head_lr},
+    ]
+    return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def seg_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean pixel cross entropy over the labelled pixels (255 ignored); 0 when there are none."""
+    total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple[SegModel, int]:
+    """Train (or resume training) on `source`; returns the trained model and the number of steps."""
+    cfg = ctx.config
+    s = cfg.seg
+    dataset = ScaledSegmentationDataset(source, s.scale_range, s.crop, seed=cfg.seed, augment=True)
+    batch = min(s.batch_size, len(dataset))
+    if s.model == "deeplabv3" and batch < 2:
+        raise ConfigError(f"seg.batch_size: deeplabv3 trains on batches of >= 2 images, got {batch}")
+    torch.manual_seed(cfg.seed)
+    model = build_seg_model(s.model, s.backbone, source.num_classes + 1, s.weights).to(ctx.device)
+    optimizer = _make_optimizer(model, s)
+    steps_per_epoch = len(dataset) // batch
+    max_step = steps_per_epoch * s.epochs
+    start_epoch, step = 0, 0
+    last_path = out / "last.pt"
+    if ctx.resume and last_path.is_file():
+        try:
+            state = torch.load(last_path, map_location=ctx.device, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"])
+            start_epoch, step = state["epoch"] + 1, state["step"]
+        except Exception as exc:
+            raise CheckpointError(f"{last_path}: cannot resume from this checkpoint ({exc})") from exc
+        log(f"seg: resuming after epoch {start_epoch} of {s.epochs} from {last_path}")
+
+    with make_progress() as progress:
+        task = progress.add_task("seg: train", total=max_step, completed=step, info="")
+        for epoch in range(start_epoch, s.epochs):
+            dataset.set_epoch(epoch)
+            order = epoch_order(len(dataset), cfg.seed, epoch)[: steps_per_epoch * batch]
+            loader = DataLoader(
+                dataset, batch_size=batch, sampler=order, num_workers=cfg.data.num_workers, drop_last=True
+            )
+            model.train()
+            total, count = 0.0, 0
+            for sample in loader:
+                images = sample["image"].to(ctx.device, non_blocking=True)
+                masks = sample["mask"].to(ctx.device, non_blocking=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = poly_lr(group["initial_lr"], step, max_step)
+                loss = seg_loss(model(images), masks)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FastwsssError(
+                        f"seg: loss is {value} at epoch {epoch + 1} step {step + 1}; the last good checkpoint "
+                        f"stays at {last_path if last_path.exists() else 'none (first epoch)'}; lower seg.lr or check the pseudo masks"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                total += value
+                count += 1
+                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{s.epochs} loss {total / count:.4f}")
+                ctx.step(STAGE, step)
+            with atomic_path(last_path) as tmp:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "rng": _rng_state(),
+                    },
+                    tmp,
+                )
+            ctx.run.log_metric(
+                {
+                    "stage": "seg_train",
+                    "split": source.split,
+                    "method": cfg.method,
+                    "epoch": epoch + 1,
+                    "loss": total / max(count, 1),
+                    "miou": None,
+                    "per_class_iou": None,
+                }
+            )
+    return model, step
+
+
+def _score_row(ctx: StageContext, source: SegmentationSource, meter: ConfusionMeter, images: int) -> dict[str, Any]:
+    return {
+        "stage": STAGE,
+        "split": source.split,
+        "method": ctx.config.method,
+        "miou": meter.miou(),
+        "per_class_iou": json_ious(meter.iou()),
+        "class_names": ["background", *source.class_names],
+        "images": images,
+    }
+
+
+def _ground_truth(source: SegmentationSource, image_id: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The ground-truth mask, or None (with a warning) when it cannot be read or has another size."""
+    try:
+        gt = source.load_mask(image_id)
+    except DataError as exc:
+        warn(str(exc))
+        return None
+    if gt.shape != shape:
+        warn(f"{source.mask_path(image_id)}: mask is {gt.shape} but the prediction is {shape}; not scored")
+        return None
+    return gt
+
+
+def evaluate_split(ctx: StageContext, model: SegModel, source: SegmentationSource) -> dict[str, Any] | None:
+    """mIoU of the model's predictions on `source` against its ground truth; None where it has none."""
+    if not source.has_masks():
+        warn(f"seg: split {source.split!r} has no ground-truth masks; not evaluated")
+        return None
+    meter = ConfusionMeter(source.num_classes + 1)
+    scored = 0
+    for image_id in track(source.ids, f"seg: eval ({source.split})"):
+        try:
+            image = source.load_image(image_id)
+        except DataError as exc:
+            warn(str(exc))
+            continue
+        pred = predict_mask(model, image, ctx.device)
+        gt = _ground_truth(source, image_id, pred.shape)
+        if gt is not None:
+            meter.update(pred, gt)
+            scored += 1
+    return ctx.run.log_metric(_score_row(ctx, source, meter, scored)) if scored else None
+
+
+def predict_split(
+    ctx: StageContext, model: SegModel, source: SegmentationSource, pred_dir: Path
+) -> tuple[int, dict[str, Any] | None]:
+    """Write pred_dir/<id>.png for every image of `source` and score them when the split has masks.
+
+    On resume an existing prediction (written atomically, so complete) is read back instead of redone.
+    Returns (number of predictions available, metrics row or None).
+    """
+    score = source.has_masks()
+    meter = ConfusionMeter(source.num_classes + 1)
+    done = scored = count = 0
+    for image_id in track(source.ids, f"seg: predict ({source.split})"):
+        path = pred_dir / f"{image_id}.png"
+        try:
+            if ctx.resume and path.is_file():
+                pred = read_label_png(path, source.num_classes)
+            else:
+                pred = predict_mask(model, source.load_image(image_id), ctx.device)
+                save_mask_png(pred, path)
+                count += 1
+                ctx.step("seg_pred", count)
+        except DataError as exc:
+            warn(str(exc))
+            continue
+        done += 1
+        gt = _ground_truth(source, image_id, pred.shape) if score else None
+        if gt is not None:
+            meter.update(pred, gt)
+            scored += 1
+    if done < len(source.ids):
+        warn(f"seg: {len(source.ids) - done} of {len(source.ids)} images of {source.split!r} could not be predicted")
+    row = ctx.run.log_metric(_score_row(ctx, source, meter, scored)) if scored else None
+    return done, row
+
+
+def run_seg(ctx: StageContext) -> None:
+    cfg = ctx.config
+    out = ctx.run.stage_dir(FOLDER)
+    base = build_source(cfg.data, cfg.data.cam_split)
+    source = pseudo_source(base, ctx.run.path / PSEUDO_FOLDER)
+    model, steps = train_seg(ctx, source, out)
+    save_seg_checkpoint(out / "ckpt.pt", model, {"class_names": base.class_names, "data": cfg.data.name})
+    model.eval()
+    val_row = evaluate_split(ctx, model, build_source(cfg.data, cfg.data.val_split))
+    predicted, cam_row = predict_split(ctx, model, base, out / PRED_FOLDER)
+    ctx.run.mark_done(
+        FOLDER,
+        {
+            "epochs": cfg.seg.epochs,
+            "steps": steps,
+            "train_images": len(source.ids),
+            "predicted": predicted,
+            "val_miou": None if val_row is None else val_row["miou"],
+            "cam_split_miou": None if cam_row is None else cam_row["miou"],
+        },
+    )
