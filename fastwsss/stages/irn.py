@@ -13,12 +13,10 @@ every epoch, so a resumed run trains exactly as an uninterrupted one; the final 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from fastwsss.affinity import path_max_affinity
 from fastwsss.data import build_source
@@ -26,13 +24,12 @@ from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.data.palette import IGNORE_INDEX
 from fastwsss.data.transforms import apply_crop, hflip, resize_long_mask
-from fastwsss.errors import CheckpointError, ConfigError, DataError, FastwsssError
-from fastwsss.io import atomic_path
+from fastwsss.errors import ConfigError, DataError
 from fastwsss.irn_pairs import affinity_loss, downsample_labels, pair_masks
 from fastwsss.models.irn import BoundaryNet, save_irn_checkpoint
-from fastwsss.progress import log, make_progress, warn
-from fastwsss.stages.cls import epoch_order, poly_lr
+from fastwsss.progress import warn
 from fastwsss.stages.context import StageContext
+from fastwsss.training import TrainJob, run_epochs
 
 STAGE = FOLDER = "irn"
 IR_LABEL_FOLDER = "ir_labels"
@@ -117,80 +114,25 @@ def run_irn(ctx: StageContext) -> None:
     ids = labelled_ids(source, label_dir)
     dataset = IRLabelDataset(source, label_dir, ids, n.resize_long, n.crop, seed=cfg.seed)
     model = build_boundary_net(ctx).to(ctx.device)
-    optimizer = torch.optim.SGD(model.head_parameters(), lr=n.lr, momentum=MOMENTUM, weight_decay=n.weight_decay)
+    optimizer = torch.optim.SGD(
+        [{"params": list(model.head_parameters()), "lr": n.lr, "initial_lr": n.lr}],
+        lr=n.lr, momentum=MOMENTUM, weight_decay=n.weight_decay,
+    )
 
-    batch = min(n.batch_size, len(dataset))
-    steps_per_epoch = len(dataset) // batch
-    max_step = steps_per_epoch * n.epochs
-    start_epoch, step = 0, 0
-    last_path = out / "last.pt"
-    if ctx.resume and last_path.is_file():
-        try:
-            state = torch.load(last_path, map_location=ctx.device, weights_only=True)
-            model.head.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-        except Exception as exc:
-            raise CheckpointError(f"{last_path}: cannot resume from this checkpoint ({exc})") from exc
-        log(f"irn: resuming after epoch {start_epoch} of {n.epochs} from {last_path}")
+    def loss(sample: dict) -> torch.Tensor:
+        aff = path_max_affinity(torch.sigmoid(model(sample["image"])), n.radius)
+        total, _ = affinity_loss(aff, pair_masks(downsample_labels(sample["ir_label"]), n.radius))
+        return total
 
-    with make_progress() as progress:
-        task = progress.add_task("irn: train", total=max_step, completed=step, info="")
-        for epoch in range(start_epoch, n.epochs):
-            dataset.set_epoch(epoch)
-            order = epoch_order(len(dataset), cfg.seed, epoch)[: steps_per_epoch * batch]
-            loader = DataLoader(
-                dataset, batch_size=batch, sampler=order, num_workers=cfg.data.num_workers, drop_last=True
-            )
-            model.train()
-            total, count = 0.0, 0
-            for sample in loader:
-                images = sample["image"].to(ctx.device, non_blocking=True)
-                labels = sample["ir_label"].to(ctx.device, non_blocking=True)
-                for group in optimizer.param_groups:
-                    group["lr"] = poly_lr(n.lr, step, max_step)
-                edge = torch.sigmoid(model(images))
-                aff = path_max_affinity(edge, n.radius)
-                loss, _ = affinity_loss(aff, pair_masks(downsample_labels(labels), n.radius))
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FastwsssError(
-                        f"irn: loss is {value} at epoch {epoch + 1} step {step + 1}; the last good checkpoint "
-                        f"stays at {last_path if last_path.exists() else 'none (first epoch)'}; lower irn.lr or "
-                        "check the IR labels"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                total += value
-                count += 1
-                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{n.epochs} loss {total / count:.4f}")
-                ctx.step(STAGE, step)
-            with atomic_path(last_path) as tmp:
-                torch.save(
-                    {
-                        "head": model.head.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                    },
-                    tmp,
-                )
-            ctx.run.log_metric(
-                {
-                    "stage": STAGE,
-                    "split": cfg.data.cam_split,
-                    "method": cfg.method,
-                    "epoch": epoch + 1,
-                    "loss": total / max(count, 1),
-                    "miou": None,
-                    "per_class_iou": None,
-                }
-            )
+    job = TrainJob(
+        stage=STAGE, metric_stage=STAGE, split=cfg.data.cam_split, model=model, optimizer=optimizer,
+        dataset=dataset, epochs=n.epochs, batch_size=n.batch_size, last_path=out / "last.pt", compute_loss=loss,
+        hint="lower irn.lr or check the IR labels", checkpointed=model.head,
+    )
+    steps = run_epochs(ctx, job)
     save_irn_checkpoint(
         out / "ckpt.pt", model, {"backbone_from": n.backbone_from, "radius": n.radius, "data": cfg.data.name}
     )
     ctx.run.mark_done(
-        STAGE, {"epochs": n.epochs, "steps": step, "images": len(ids), "skipped": len(source.ids) - len(ids)}
+        STAGE, {"epochs": n.epochs, "steps": steps, "images": len(ids), "skipped": len(source.ids) - len(ids)}
     )

@@ -19,7 +19,6 @@ every optimiser step and `ctx.step("seg_pred", count)` after every written predi
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from fastwsss.cam_inference import normalize_image
 from fastwsss.config import SegConfig
@@ -36,13 +34,12 @@ from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import SegmentationDataset
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.data.transforms import CropBox, draw_long_side, long_side_size, random_crop_box
-from fastwsss.errors import CheckpointError, ConfigError, DataError, FastwsssError
-from fastwsss.io import atomic_path
+from fastwsss.errors import ConfigError, DataError, FastwsssError
 from fastwsss.metrics import ConfusionMeter, json_ious
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
-from fastwsss.progress import log, make_progress, track, warn
-from fastwsss.stages.cls import epoch_order, poly_lr
+from fastwsss.progress import track, warn
 from fastwsss.stages.context import StageContext
+from fastwsss.training import TrainJob, run_epochs
 
 STAGE = FOLDER = "seg"
 PSEUDO_FOLDER = "pseudo"
@@ -158,98 +155,25 @@ def seg_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple[SegModel, int]:
     """Train (or resume training) on `source`; returns the trained model and the number of steps."""
     cfg = ctx.config
     s = cfg.seg
     dataset = ScaledSegmentationDataset(source, s.scale_range, s.crop, seed=cfg.seed, augment=True)
-    batch = min(s.batch_size, len(dataset))
-    if s.model == "deeplabv3" and batch < 2:
-        raise ConfigError(f"seg.batch_size: deeplabv3 trains on batches of >= 2 images, got {batch}")
+    if s.model == "deeplabv3" and min(s.batch_size, len(dataset)) < 2:
+        raise ConfigError(f"seg.batch_size: deeplabv3 trains on batches of >= 2 images, got {len(dataset)} image(s)")
     torch.manual_seed(cfg.seed)
     model = build_seg_model(s.model, s.backbone, source.num_classes + 1, s.weights).to(ctx.device)
-    optimizer = _make_optimizer(model, s)
-    steps_per_epoch = len(dataset) // batch
-    max_step = steps_per_epoch * s.epochs
-    start_epoch, step = 0, 0
-    last_path = out / "last.pt"
-    if ctx.resume and last_path.is_file():
-        try:
-            state = torch.load(last_path, map_location=ctx.device, weights_only=False)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"])
-            start_epoch, step = state["epoch"] + 1, state["step"]
-        except Exception as exc:
-            raise CheckpointError(f"{last_path}: cannot resume from this checkpoint ({exc})") from exc
-        log(f"seg: resuming after epoch {start_epoch} of {s.epochs} from {last_path}")
 
-    with make_progress() as progress:
-        task = progress.add_task("seg: train", total=max_step, completed=step, info="")
-        for epoch in range(start_epoch, s.epochs):
-            dataset.set_epoch(epoch)
-            order = epoch_order(len(dataset), cfg.seed, epoch)[: steps_per_epoch * batch]
-            loader = DataLoader(
-                dataset, batch_size=batch, sampler=order, num_workers=cfg.data.num_workers, drop_last=True
-            )
-            model.train()
-            total, count = 0.0, 0
-            for sample in loader:
-                images = sample["image"].to(ctx.device, non_blocking=True)
-                masks = sample["mask"].to(ctx.device, non_blocking=True)
-                for group in optimizer.param_groups:
-                    group["lr"] = poly_lr(group["initial_lr"], step, max_step)
-                loss = seg_loss(model(images), masks)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FastwsssError(
-                        f"seg: loss is {value} at epoch {epoch + 1} step {step + 1}; the last good checkpoint "
-                        f"stays at {last_path if last_path.exists() else 'none (first epoch)'}; lower seg.lr or check the pseudo masks"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                total += value
-                count += 1
-                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{s.epochs} loss {total / count:.4f}")
-                ctx.step(STAGE, step)
-            with atomic_path(last_path) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "rng": _rng_state(),
-                    },
-                    tmp,
-                )
-            ctx.run.log_metric(
-                {
-                    "stage": "seg_train",
-                    "split": source.split,
-                    "method": cfg.method,
-                    "epoch": epoch + 1,
-                    "loss": total / max(count, 1),
-                    "miou": None,
-                    "per_class_iou": None,
-                }
-            )
-    return model, step
+    def loss(sample: dict) -> torch.Tensor:
+        return seg_loss(model(sample["image"]), sample["mask"])
+
+    job = TrainJob(
+        stage=STAGE, metric_stage="seg_train", split=source.split, model=model, optimizer=_make_optimizer(model, s),
+        dataset=dataset, epochs=s.epochs, batch_size=s.batch_size, last_path=out / "last.pt", compute_loss=loss,
+        hint="lower seg.lr or check the pseudo masks",
+    )
+    return model, run_epochs(ctx, job)
 
 
 def _score_row(ctx: StageContext, source: SegmentationSource, meter: ConfusionMeter, images: int) -> dict[str, Any]:
