@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastwsss.errors import CheckpointError, ConfigError, one_line
-from fastwsss.io import atomic_path
+from fastwsss.errors import CheckpointError, ConfigError
 from fastwsss.models.backbone import build_backbone
+from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
 
 CHECKPOINT_FORMAT = "fastwsss.cam_net/1"
 
@@ -120,38 +120,12 @@ class CAMNet(nn.Module):
         ]
 
 
-def check_plain_metadata(value: Any, where: str) -> None:
-    """Checkpoint metadata must reload under torch.load(weights_only=True): plain containers and tensors."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            check_plain_metadata(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"checkpoint metadata {where}: keys must be strings, got {key!r}")
-            check_plain_metadata(item, f"{where}.{key}")
-        return
-    raise TypeError(f"checkpoint metadata {where}: unsupported type {type(value).__name__}")
-
-
 def save_checkpoint(path: str | Path, model: CAMNet, extra: dict[str, Any] | None = None) -> None:
     """Write the model's constructor kwargs, state dict and `extra` metadata atomically to `path`.
 
     `extra` may hold numbers, strings, None, lists/tuples/dicts of those, and tensors.
     """
-    meta = dict(extra or {})
-    check_plain_metadata(meta, "extra")
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "kwargs": dict(model.init_kwargs),
-        "state_dict": model.state_dict(),
-        "meta": meta,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_model_file(path, CHECKPOINT_FORMAT, model.init_kwargs, {"state_dict": model.state_dict()}, extra)
 
 
 def load_cam_net(
@@ -160,25 +134,16 @@ def load_cam_net(
     expect_num_classes: int | None = None,
 ) -> tuple[CAMNet, dict[str, Any]]:
     """Rebuild a CAMNet from a checkpoint written by `save_checkpoint`; returns (model, metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a fastwsss CAMNet checkpoint")
-    kwargs = payload.get("kwargs")
-    if not isinstance(kwargs, dict) or "num_classes" not in kwargs:
-        raise CheckpointError(f"{path}: checkpoint lacks the model settings")
+    payload = read_model_file(path, CHECKPOINT_FORMAT, "CAMNet", ["num_classes"], map_location)
+    kwargs = payload["kwargs"]
     if expect_num_classes is not None and kwargs["num_classes"] != expect_num_classes:
         raise CheckpointError(
             f"{path}: checkpoint has {kwargs['num_classes']} classes but the data set has {expect_num_classes}"
         )
-    try:
+
+    def make() -> CAMNet:
         model = CAMNet(**kwargs)
         model.load_state_dict(payload["state_dict"])
-    except (TypeError, KeyError, RuntimeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: checkpoint does not fit the model ({one_line(str(exc))[:300]})") from exc
-    return model.to(map_location), dict(payload.get("meta") or {})
+        return model
+
+    return rebuild(path, make).to(map_location), dict(payload.get("meta") or {})

@@ -34,9 +34,8 @@ from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from fastwsss.errors import CheckpointError, ConfigError, one_line
-from fastwsss.io import atomic_path
 from fastwsss.models.backbone import Backbone, _torchvision_key, build_backbone, load_imagenet_weights
-from fastwsss.models.cam_net import check_plain_metadata
+from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
 
 CHECKPOINT_FORMAT = "fastwsss.seg_model/1"
 OUTPUT_STRIDE = 8
@@ -190,16 +189,7 @@ def build_seg_model(name: str, backbone: str, num_classes: int, weights: str | P
 
 def save_seg_checkpoint(path: str | Path, model: SegModel, meta: dict[str, Any] | None = None) -> None:
     """Write constructor kwargs, state dict and `meta` (plain values and tensors) atomically to `path`."""
-    meta = dict(meta or {})
-    check_plain_metadata(meta, "meta")
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "kwargs": dict(model.init_kwargs),
-        "state_dict": model.state_dict(),
-        "meta": meta,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_model_file(path, CHECKPOINT_FORMAT, model.init_kwargs, {"state_dict": model.state_dict()}, meta, "meta")
 
 
 def load_seg_model(
@@ -211,26 +201,18 @@ def load_seg_model(
 
     `expect_num_classes` counts background too (K + 1), like `build_seg_model`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: segmentation checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a fastwsss segmentation checkpoint")
-    kwargs = payload.get("kwargs")
-    if not isinstance(kwargs, dict) or not {"name", "backbone", "num_classes"} <= set(kwargs):
-        raise CheckpointError(f"{path}: checkpoint lacks the model settings")
+    payload = read_model_file(path, CHECKPOINT_FORMAT, "segmentation", ["name", "backbone", "num_classes"],
+                              map_location, not_found="segmentation checkpoint not found")
+    kwargs = payload["kwargs"]
     if expect_num_classes is not None and kwargs["num_classes"] != expect_num_classes:
         raise CheckpointError(
             f"{path}: checkpoint predicts {kwargs['num_classes']} labels (background included) "
             f"but the data set has {expect_num_classes}"
         )
-    try:
+
+    def make() -> SegModel:
         model = build_seg_model(**kwargs)
         model.load_state_dict(payload["state_dict"])
-    except (TypeError, KeyError, RuntimeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: checkpoint does not fit the model ({one_line(str(exc))[:300]})") from exc
-    return model.to(map_location).eval(), dict(payload.get("meta") or {})
+        return model
+
+    return rebuild(path, make).to(map_location).eval(), dict(payload.get("meta") or {})

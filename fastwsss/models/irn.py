@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastwsss.errors import CheckpointError, ConfigError, one_line
-from fastwsss.io import atomic_path
 from fastwsss.models.backbone import Backbone, build_backbone
-from fastwsss.models.cam_net import check_plain_metadata, load_cam_net
+from fastwsss.models.cam_net import load_cam_net
+from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
 
 CHECKPOINT_FORMAT = "fastwsss.irn/1"
 TAP_CHANNELS = 32
@@ -154,37 +153,19 @@ def save_irn_checkpoint(path: str | Path, model: BoundaryNet, extra: dict[str, A
     The backbone is stored as well so that the file stands alone (a `from_classifier` model does not
     depend on the classifier checkpoint any more). `extra` may hold plain values, containers and tensors.
     """
-    meta = dict(extra or {})
-    check_plain_metadata(meta, "extra")
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "kwargs": dict(model.init_kwargs),
-        "head": model.head.state_dict(),
-        "backbone": model.backbone.state_dict(),
-        "meta": meta,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    weights = {"head": model.head.state_dict(), "backbone": model.backbone.state_dict()}
+    save_model_file(path, CHECKPOINT_FORMAT, model.init_kwargs, weights, extra)
 
 
 def load_irn(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[BoundaryNet, dict[str, Any]]:
     """Rebuild a BoundaryNet written by `save_irn_checkpoint`; returns (model in eval mode, metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: IRN checkpoint not found (run the irn stage first)")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a fastwsss IRN checkpoint")
-    kwargs = payload.get("kwargs")
-    if not isinstance(kwargs, dict) or "backbone" not in kwargs:
-        raise CheckpointError(f"{path}: checkpoint lacks the model settings")
-    try:
-        model = BoundaryNet(**kwargs)
+    payload = read_model_file(path, CHECKPOINT_FORMAT, "IRN", ["backbone"], map_location,
+                              not_found="IRN checkpoint not found (run the irn stage first)")
+
+    def make() -> BoundaryNet:
+        model = BoundaryNet(**payload["kwargs"])
         model.head.load_state_dict(payload["head"])
         model.backbone.load_state_dict(payload["backbone"])
-    except (TypeError, KeyError, RuntimeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: checkpoint does not fit the model ({one_line(str(exc))[:300]})") from exc
-    return model.to(map_location).eval(), dict(payload.get("meta") or {})
+        return model
+
+    return rebuild(path, make).to(map_location).eval(), dict(payload.get("meta") or {})
