@@ -84,8 +84,8 @@ def train(
     data: Annotated[str | None, typer.Option(help="synthetic (built in, no download), voc or coco")] = None,
     root: Annotated[Path | None, typer.Option(help="Data set folder (VOC: VOCdevkit/VOC2012)")] = None,
     preset: Annotated[str, typer.Option(help=f"Settings bundle: {', '.join(PRESETS)}")] = "synthetic",
-    out: Annotated[Path | None, typer.Option(help="Run directory [default: runs/<method>-<preset>-<time>]")] = None,
-    stages: Annotated[str | None, typer.Option(help="Comma-separated subset, e.g. cam,eval")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<method>-<preset>-<time>)")] = None,
+    stages: Annotated[str | None, typer.Option(help="Comma-separated subset of cls,cam,ir_label,irn,pseudo,seg,eval")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed of the run")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local torchvision ImageNet state dict for the backbone")] = None,
@@ -103,7 +103,7 @@ def train(
 
       fastwsss train                                   # built-in synthetic set, minutes on a CPU
 
-      fastwsss train --preset tiny --out runs/tiny     # a smoke run in about a minute
+      fastwsss train --preset tiny --out runs/tiny     # a smoke run of every stage in under a minute
 
       fastwsss train --data voc --preset voc --root ~/VOCdevkit/VOC2012 --weights resnet50.pth
     """
