@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from fastwsss.data.base import SegmentationSource, labels_from_mask, read_id_list
+from fastwsss.data.base import read_id_list
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
-from fastwsss.data.voc import lookup_cls_labels, read_cls_labels
+from fastwsss.data.voc import ClsLabelsSource
 from fastwsss.errors import ConfigError, DataError
 from fastwsss.io import atomic_path
 
@@ -53,7 +53,7 @@ COCO_CATEGORY_IDS: list[int] = [
 SPLIT_FOLDERS = {"train": "train2014", "val": "val2014"}
 
 
-class COCOSource(SegmentationSource):
+class COCOSource(ClsLabelsSource):
     """One split of COCO 2014 with 80 foreground classes (mask ids 1..80)."""
 
     name = "coco"
@@ -64,10 +64,7 @@ class COCOSource(SegmentationSource):
             raise DataError(f"{self.root}: no JPEGImages folder; expected the COCO layout ROOT/JPEGImages/train2014")
         self.folder = SPLIT_FOLDERS.get(split, split)
         self._ids = self._read_or_build_list()
-        self._cls: tuple[Path, dict] | None = None
-        if cls_labels is not None:
-            self._cls = (Path(cls_labels), read_cls_labels(cls_labels))
-        self._label_cache: dict[str, np.ndarray] = {}
+        self.use_cls_labels(cls_labels)
 
     def _read_or_build_list(self) -> list[str]:
         list_path = self.root / "ImageSets" / f"{self.split}.txt"
@@ -92,21 +89,10 @@ class COCOSource(SegmentationSource):
         path = self.root / "SegmentationClass" / self.folder / f"{image_id}.png"
         return path if path.is_file() else None
 
-    def labels(self, image_id: str) -> np.ndarray:
-        """float32[80] multi-hot: from cls_labels.npy (key: the id or int of its trailing number), else the mask."""
-        cached = self._label_cache.get(image_id)
-        if cached is not None:
-            return cached
-        if self._cls is not None:
-            keys: list[object] = [image_id]
-            tail = image_id.rsplit("_", 1)[-1]
-            if tail.isdigit():
-                keys.append(int(tail))
-            vector = lookup_cls_labels(self._cls[1], self._cls[0], keys, image_id, self.num_classes)
-        else:
-            vector = labels_from_mask(self.load_mask(image_id), self.num_classes)
-        self._label_cache[image_id] = vector
-        return vector
+    def cls_label_keys(self, image_id: str) -> list[object]:
+        """The id string, or the int of its trailing number."""
+        tail = image_id.rsplit("_", 1)[-1]
+        return [image_id, int(tail)] if tail.isdigit() else [image_id]
 
 
 def _default_list_path(out_dir: Path) -> Path:

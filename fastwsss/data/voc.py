@@ -85,7 +85,35 @@ def _resolve_voc_root(root: Path) -> Path:
     raise DataError(f"{root}: no JPEGImages folder here or in {root / 'VOC2012'}; give VOCdevkit/VOC2012 as the root")
 
 
-class VOCSource(SegmentationSource):
+class ClsLabelsSource(SegmentationSource):
+    """Image-level labels from an IRNet-style `cls_labels.npy` when given, else from the masks; cached per id.
+
+    Subclasses say which npy keys an image id may have (`cls_label_keys`) and call `use_cls_labels`.
+    """
+
+    def use_cls_labels(self, cls_labels: str | Path | None) -> None:
+        self._cls: tuple[Path, dict] | None = None
+        if cls_labels is not None:
+            self._cls = (Path(cls_labels), read_cls_labels(cls_labels))
+        self._label_cache: dict[str, np.ndarray] = {}
+
+    def cls_label_keys(self, image_id: str) -> list[object]:
+        return [image_id]
+
+    def labels(self, image_id: str) -> np.ndarray:
+        cached = self._label_cache.get(image_id)
+        if cached is not None:
+            return cached
+        if self._cls is not None:
+            keys = self.cls_label_keys(image_id)
+            vector = lookup_cls_labels(self._cls[1], self._cls[0], keys, image_id, self.num_classes)
+        else:
+            vector = labels_from_mask(self.load_mask(image_id), self.num_classes)
+        self._label_cache[image_id] = vector
+        return vector
+
+
+class VOCSource(ClsLabelsSource):
     """One split of PASCAL VOC 2012; ids are kept as strings such as "2007_000032"."""
 
     name = "voc"
@@ -97,10 +125,7 @@ class VOCSource(SegmentationSource):
         self._ids = read_id_list(self._find_list(given, voc_root, split))
         self._aug_dir = voc_root / "SegmentationClassAug"
         self._has_aug = self._aug_dir.is_dir()
-        self._cls: tuple[Path, dict] | None = None
-        if cls_labels is not None:
-            self._cls = (Path(cls_labels), read_cls_labels(cls_labels))
-        self._label_cache: dict[str, np.ndarray] = {}
+        self.use_cls_labels(cls_labels)
 
     @staticmethod
     def _find_list(given: Path, voc_root: Path, split: str) -> Path:
@@ -133,18 +158,7 @@ class VOCSource(SegmentationSource):
         official = self.root / "SegmentationClass" / f"{image_id}.png"
         return official if official.is_file() else None
 
-    def labels(self, image_id: str) -> np.ndarray:
-        """float32[20] multi-hot: from cls_labels.npy when given (key int(id without "_")), else the mask."""
-        cached = self._label_cache.get(image_id)
-        if cached is not None:
-            return cached
-        if self._cls is not None:
-            keys: list[object] = [image_id]
-            digits = image_id.replace("_", "")
-            if digits.isdigit():
-                keys.insert(0, int(digits))
-            vector = lookup_cls_labels(self._cls[1], self._cls[0], keys, image_id, self.num_classes)
-        else:
-            vector = labels_from_mask(self.load_mask(image_id), self.num_classes)
-        self._label_cache[image_id] = vector
-        return vector
+    def cls_label_keys(self, image_id: str) -> list[object]:
+        """IRNet's key is int(id without "_"); the id string is accepted too."""
+        digits = image_id.replace("_", "")
+        return [int(digits), image_id] if digits.isdigit() else [image_id]
