@@ -80,12 +80,17 @@ def check_resume_options(saved: RunConfig, options: dict[str, Any], rundir: Path
 @app.command()
 @friendly_errors
 def train(
-    method: Annotated[str | None, typer.Option(help="cam (more with later releases)")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="cam (IRNet baseline), c2am (front-door: global-CAM logit scaling) or conta (backdoor: context "
+        "adjustment over --rounds)")] = None,
+    rounds: Annotated[int | None, typer.Option(help="CONTA rounds after the baseline round 0 (paper: 3)")] = None,
     data: Annotated[str | None, typer.Option(help="synthetic (built in, no download), voc or coco")] = None,
     root: Annotated[Path | None, typer.Option(help="Data set folder (VOC: VOCdevkit/VOC2012)")] = None,
     preset: Annotated[str, typer.Option(help=f"Settings bundle: {', '.join(PRESETS)}")] = "synthetic",
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<method>-<preset>-<time>)")] = None,
-    stages: Annotated[str | None, typer.Option(help="Comma-separated subset of cls,cam,ir_label,irn,pseudo,seg,eval")] = None,
+    stages: Annotated[str | None, typer.Option(
+        help="Comma-separated subset of the method's stages: cls,cam,ir_label,irn,pseudo,seg,eval; c2am adds "
+        "global_cam,c2am; conta adds confounder and runs them in every round")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed of the run")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local torchvision ImageNet state dict for the backbone")] = None,
@@ -105,13 +110,17 @@ def train(
 
       fastwsss train --preset tiny --out runs/tiny     # a smoke run of every stage in under a minute
 
+      fastwsss train --method conta --rounds 3         # CONTA: baseline round 0, then 3 rounds
+
+      fastwsss train --method c2am                     # C2AM: baseline, global CAM, fine-tune, rest
+
       fastwsss train --data voc --preset voc --root ~/VOCdevkit/VOC2012 --weights resnet50.pth
     """
     from fastwsss.pipeline import run_pipeline
     from fastwsss.rundir import RunDir
 
     options = {
-        "method": method, "seed": seed, "device": device,
+        "method": method, "seed": seed, "device": device, "conta.rounds": rounds,
         "data.name": data, "data.root": str(root) if root else None, "data.num_workers": num_workers,
         "data.cls_labels": str(cls_labels) if cls_labels else None,
         "cls.weights": str(weights) if weights else None, "cls.backbone": backbone, "cls.epochs": epochs,
@@ -119,7 +128,7 @@ def train(
     }
     if data in ("voc", "coco") and preset == "synthetic":
         preset = data
-    config = validate(apply_options(get_preset(preset), options))
+    config = validate(apply_options(get_preset(preset, method or "cam"), options))
     if resume and out is not None and (out / "config.json").is_file():
         saved = RunDir(out).load_config()
         check_resume_options(saved, options, out)

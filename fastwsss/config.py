@@ -37,6 +37,8 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     cam_split: str = "train"
+    test_splits: tuple[str, ...] = ()
+    """Further splits on which the seg stage scores its model (the synthetic presets add `debiased`)."""
     cls_labels: str | None = None
     num_workers: int = 0
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -124,6 +126,45 @@ class SegConfig:
 
 
 @dataclass
+class C2AMConfig:
+    """C2AM's front-door adjustment (ALGORITHMS.md section 6); defaults are the released schedule.
+
+    `global_size`: side of the global CAM G; `by_class`: average each class over the images that contain it
+    instead of over all images (absent classes count as zero in the default); `gamma` scales
+    M_c = gamma * mean(G_c). The fine-tune starts from the baseline classifier with BatchNorm in train mode
+    and every layer trainable (`freeze_bn` False), as the released code does.
+    """
+
+    global_size: int = 128
+    by_class: bool = False
+    gamma: float = 1.0
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 5e-4
+    head_lr_mult: float = 10.0
+    freeze_bn: bool = False
+
+
+@dataclass
+class ContaConfig:
+    """CONTA's context adjustment (ALGORITHMS.md section 7).
+
+    `rounds`: CONTA rounds after the baseline round 0 (the paper's best is 3); `extra_at`: where M_t is
+    concatenated (block5 = after layer4, the paper's choice; block2..block4; dense = all four);
+    `mask_size`: side of the grid of the confounder set C and of X_m (hw = mask_size^2); `mask_source`:
+    seg (the paper's choice) or pseudo (its Q4 ablation).
+    """
+
+    rounds: int = 3
+    extra_at: str = "block5"
+    mask_size: int = 64
+    mask_source: str = "seg"
+
+
+CONTA_EXTRA_AT = ("block2", "block3", "block4", "block5", "dense")
+
+
+@dataclass
 class EvalConfig:
     cam_bg_threshold: float = 0.15
     cam_bg_sweep: tuple[float, ...] = (0.05, 0.10, 0.13, 0.15, 0.17, 0.20, 0.25, 0.30, 0.40, 0.50, 0.60)
@@ -143,12 +184,14 @@ class RunConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    c2am: C2AMConfig = field(default_factory=C2AMConfig)
+    conta: ContaConfig = field(default_factory=ContaConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-METHODS = ("cam",)
+METHODS = ("cam", "c2am", "conta")
 DATASET_NAMES = ("synthetic", "voc", "coco")
 
 
@@ -185,21 +228,31 @@ def _small_seg(**changes: Any) -> SegConfig:
     return dataclasses.replace(base, **changes)
 
 
+def _small_c2am(**changes: Any) -> C2AMConfig:
+    """C2AM fine-tune for the CPU presets: a tenth of the from-scratch classifier lr, as the released schedule
+    is a small fraction of its baseline's (5e-4 vs 0.1)."""
+    base = C2AMConfig(global_size=64, epochs=3, batch_size=32, lr=0.005, head_lr_mult=10.0)
+    return dataclasses.replace(base, **changes)
+
+
 def preset_tiny() -> RunConfig:
     """Seconds-scale smoke run: a small synthetic set and a tiny net, every stage."""
     return RunConfig(
         preset="tiny",
-        data=DataConfig(synth=SynthConfig(size=64, num_train=160, num_val=48, num_debiased=48)),
+        data=DataConfig(synth=SynthConfig(size=64, num_train=160, num_val=48, num_debiased=48), test_splits=("debiased",)),
         cls=_small_cls(backbone="resnet18_quarter", epochs=3, resize_long=(56, 72), crop=64),
         cam=CamConfig(scales=(1.0, 0.5, 1.5)),
         irn=_small_irn(epochs=2, batch_size=16, resize_long=(56, 72), crop=64),
         seg=_small_seg(backbone="resnet18_quarter", epochs=3, crop=64),
+        c2am=_small_c2am(epochs=2),
+        conta=ContaConfig(mask_size=16),
     )
 
 
 def preset_synthetic() -> RunConfig:
     """The default job: the built-in synthetic set, minutes on 2 CPU cores."""
-    return RunConfig(preset="synthetic", data=DataConfig(), cls=_small_cls(epochs=8), irn=_small_irn(), seg=_small_seg())
+    return RunConfig(preset="synthetic", data=DataConfig(test_splits=("debiased",)), cls=_small_cls(epochs=8), irn=_small_irn(),
+                     seg=_small_seg(), c2am=_small_c2am(), conta=ContaConfig(mask_size=32))
 
 
 def preset_voc() -> RunConfig:
@@ -221,6 +274,21 @@ def preset_coco() -> RunConfig:
     )
 
 
+def _voc_c2am(config: RunConfig) -> RunConfig:
+    """C2AM's released downstream settings: two more CAM scales, IR thresholds 0.375 / 0.10, sem bg 0.20."""
+    return dataclasses.replace(
+        config,
+        cam=dataclasses.replace(config.cam, scales=(*config.cam.scales, 2.5, 3.0)),
+        ir_label=dataclasses.replace(config.ir_label, fg_threshold=0.375, bg_threshold=0.10),
+        pseudo=dataclasses.replace(config.pseudo, bg_threshold=0.20),
+    )
+
+
+METHOD_PRESET_CHANGES: dict[tuple[str, str], Callable[[RunConfig], RunConfig]] = {
+    ("voc", "c2am"): _voc_c2am,
+}
+"""Settings a method changes in a preset (e.g. C2AM's released thresholds on VOC), keyed (preset, method)."""
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny": preset_tiny,
     "synthetic": preset_synthetic,
@@ -229,11 +297,17 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 }
 
 
-def get_preset(name: str) -> RunConfig:
+def get_preset(name: str, method: str = "cam") -> RunConfig:
+    """Preset `name` for `method`, with the method's own changes to that preset (METHOD_PRESET_CHANGES)."""
     try:
-        return PRESETS[name]()
+        config = PRESETS[name]()
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+    if method not in METHODS:
+        raise ConfigError(f"method: unknown method {method!r}; valid: {', '.join(METHODS)}")
+    config = dataclasses.replace(config, method=method)
+    change = METHOD_PRESET_CHANGES.get((name, method))
+    return change(config) if change is not None else config
 
 
 def validate(config: RunConfig) -> RunConfig:
@@ -288,6 +362,16 @@ def validate(config: RunConfig) -> RunConfig:
     need(g.weight_decay >= 0, "seg.weight_decay", f"must be >= 0, got {g.weight_decay}")
     need(0 < g.scale_range[0] <= g.scale_range[1], "seg.scale_range", f"need 0 < min <= max, got {g.scale_range}")
     need(g.crop >= 16, "seg.crop", f"must be >= 16, got {g.crop}")
+    m = config.c2am
+    need(m.global_size >= 1, "c2am.global_size", f"must be >= 1, got {m.global_size}")
+    need(m.gamma > 0, "c2am.gamma", f"must be > 0, got {m.gamma}")
+    need(m.epochs >= 1 and m.batch_size >= 1 and m.lr > 0 and m.head_lr_mult > 0, "c2am.epochs",
+         "epochs, batch_size, lr and head_lr_mult must be positive")
+    t = config.conta
+    need(t.rounds >= 0, "conta.rounds", f"must be >= 0, got {t.rounds}")
+    need(t.extra_at in CONTA_EXTRA_AT, "conta.extra_at", f"one of {', '.join(CONTA_EXTRA_AT)}, got {t.extra_at!r}")
+    need(t.mask_size >= 1, "conta.mask_size", f"must be >= 1, got {t.mask_size}")
+    need(t.mask_source in ("seg", "pseudo"), "conta.mask_source", f"seg or pseudo, got {t.mask_source!r}")
     e = config.eval
     need(0 < e.cam_bg_threshold < 1, "eval.cam_bg_threshold", f"must be in (0, 1), got {e.cam_bg_threshold}")
     need(config.device in ("auto", "cpu") or config.device.startswith("cuda"), "device", f"auto, cpu or cuda[:N], got {config.device!r}")

@@ -14,7 +14,7 @@ from fastwsss.crf import crf_available
 from fastwsss.errors import ConfigError
 from fastwsss.progress import log
 from fastwsss.rundir import RunDir, create_or_resume
-from fastwsss.stages import stages_for
+from fastwsss.stages import plan, round_folder, stages_for
 from fastwsss.stages.context import StageContext, StepHook, resolve_device
 
 
@@ -45,15 +45,19 @@ def run_pipeline(
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
         torch.manual_seed(config.seed)
-        ctx = StageContext(config=config, run=run, device=resolve_device(config.device), resume=resume, on_step=on_step)
-        log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {ctx.device})")
-        for stage in stages_for(config.method, stages):
-            if resume and stage.folder and run.is_done(stage.folder):
-                log(f"[dim]{stage.name}: already finished, skipped[/dim]")
+        device = resolve_device(config.device)
+        log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {device})")
+        for planned in plan(config.method, config.conta.rounds, stages):
+            stage, round_ = planned.stage, planned.round
+            view = run if round_ is None else run.view(round_folder(round_), round=round_)
+            name = stage.name if round_ is None else f"round {round_}: {stage.name}"
+            if resume and stage.folder and view.is_done(stage.folder):
+                log(f"[dim]{name}: already finished, skipped[/dim]")
                 continue
+            ctx = StageContext(config=config, run=view, device=device, resume=resume, on_step=on_step, round=round_)
             started = time.perf_counter()
             stage.run(ctx)
-            log(f"{stage.name}: done in {time.perf_counter() - started:.1f} s")
+            log(f"{name}: done in {time.perf_counter() - started:.1f} s")
     finally:
         run.unlock()
     return run

@@ -23,16 +23,33 @@ from fastwsss.io import append_jsonl, read_jsonl, write_json
 
 @dataclass
 class RunDir:
+    """A run directory, or a view of one of its sub-folders (CONTA's rounds/<t>).
+
+    A view keeps stage outputs under its own `path` but shares the run's config.json and metrics.jsonl;
+    its `tags` (e.g. {"round": 1}) are added to every metrics row it logs.
+    """
+
     path: Path
+    root: Path | None = None
+    """The run directory that holds config.json and metrics.jsonl; None means `path` itself."""
+    tags: dict[str, Any] = field(default_factory=dict)
     _lock_handle: Any = field(default=None, repr=False)
 
     @property
+    def top(self) -> Path:
+        return self.root if self.root is not None else self.path
+
+    @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.top / "config.json"
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.top / "metrics.jsonl"
+
+    def view(self, sub: str, **tags: Any) -> RunDir:
+        """The sub-folder `sub` of the run as a RunDir of its own (not locked: the run holds the lock)."""
+        return RunDir(self.top / sub, root=self.top, tags={**self.tags, **tags})
 
     def stage_dir(self, name: str) -> Path:
         folder = self.path / name
@@ -53,7 +70,7 @@ class RunDir:
 
     def log_metric(self, row: dict[str, Any]) -> dict[str, Any]:
         """Append one metrics row (with a timestamp) to metrics.jsonl and return it."""
-        row = {**row, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        row = {**self.tags, **row, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_jsonl(self.metrics_path, row)
         return row
 

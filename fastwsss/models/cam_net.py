@@ -7,12 +7,16 @@ Training-time freezing follows IRNet:
 - `detach_early`: features are detached after stage2, so stage1 and stage2 receive no gradient; their
   parameters are marked `requires_grad=False` and left out of `param_groups()`.
 
-`extra_channels` > 0 (CONTA, section 7) concatenates an extra map to the stage-4 features before the
-head; the map is resized bilinearly to the feature grid.
+`extra_channels` > 0 (CONTA, section 7) concatenates an extra map, resized bilinearly to the feature grid,
+at the end of the blocks named by `extra_at` (the paper's ablation, ResNet numbering): block5 = after
+layer4, before the head (the paper's choice); block2..block4 = after layer1..layer3, so the first
+convolution (and its shortcut) of the next layer takes `extra_channels` more inputs, zero-initialised so
+that ImageNet behaviour is kept at the start; dense = all four.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,31 @@ from fastwsss.models.backbone import build_backbone
 from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
 
 CHECKPOINT_FORMAT = "fastwsss.cam_net/1"
+EXTRA_BLOCKS: dict[str, tuple[int, ...]] = {
+    "block2": (2,), "block3": (3,), "block4": (4,), "block5": (5,), "dense": (2, 3, 4, 5),
+}
+
+
+def _resize_conv_input(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A copy of `conv` taking `in_channels` inputs: shared input channels keep their weights, new ones are zero."""
+    resized = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        conv.dilation, conv.groups, conv.bias is not None)
+    keep = min(in_channels, conv.in_channels)
+    with torch.no_grad():
+        resized.weight.zero_()
+        resized.weight[:, :keep] = conv.weight[:, :keep]
+        if conv.bias is not None:
+            resized.bias.copy_(conv.bias)
+    return resized.to(conv.weight.device)
+
+
+def _change_stage_input(stage: nn.Sequential, delta: int) -> None:
+    """Give a ResNet layer `delta` more (or fewer) input channels: its first block's conv1 and shortcut conv."""
+    block = stage[0]
+    if block.downsample is None:
+        raise ValueError("cannot change the input of a ResNet layer without a shortcut convolution")
+    block.conv1 = _resize_conv_input(block.conv1, block.conv1.in_channels + delta)
+    block.downsample[0] = _resize_conv_input(block.downsample[0], block.downsample[0].in_channels + delta)
 
 
 class CAMNet(nn.Module):
@@ -39,14 +68,22 @@ class CAMNet(nn.Module):
         freeze_bn: bool = True,
         detach_early: bool = True,
         extra_channels: int = 0,
+        extra_at: str = "block5",
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ConfigError(f"num_classes: must be >= 1, got {num_classes}")
         if extra_channels < 0:
             raise ConfigError(f"extra_channels: must be >= 0, got {extra_channels}")
+        if extra_at not in EXTRA_BLOCKS:
+            raise ConfigError(f"extra_at: unknown block {extra_at!r}; valid: {', '.join(EXTRA_BLOCKS)}")
         self.backbone = build_backbone(backbone, output_stride, weights)
-        self.head = nn.Conv2d(self.backbone.out_channels + extra_channels, num_classes, kernel_size=1, bias=False)
+        self.extra_blocks = EXTRA_BLOCKS[extra_at] if extra_channels else ()
+        for block in self.extra_blocks:
+            if block < 5:
+                _change_stage_input(getattr(self.backbone, f"stage{block}"), extra_channels)
+        head_in = self.backbone.out_channels + (extra_channels if 5 in self.extra_blocks else 0)
+        self.head = nn.Conv2d(head_in, num_classes, kernel_size=1, bias=False)
         self.num_classes = num_classes
         self.backbone_name = backbone
         self.output_stride = output_stride
@@ -62,6 +99,7 @@ class CAMNet(nn.Module):
             "freeze_bn": freeze_bn,
             "detach_early": detach_early,
             "extra_channels": extra_channels,
+            "extra_at": extra_at,
         }
         self._freeze()
         self.train()
@@ -86,21 +124,39 @@ class CAMNet(nn.Module):
                     module.eval()
         return self
 
-    def features(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        """Stage-4 features (B, C + extra_channels, h, w), with the extra map appended when configured."""
-        x = self.backbone.stage2(self.backbone.stage1(x))
-        if self.detach_early:
-            x = x.detach()
-        x = self.backbone.stage4(self.backbone.stage3(x))
+    def _check_extra(self, x: torch.Tensor, extra: torch.Tensor | None) -> None:
         if self.extra_channels == 0:
             if extra is not None:
                 raise ValueError("this CAMNet has extra_channels=0 but an extra map was given")
-            return x
+            return
         if extra is None or extra.dim() != 4 or extra.shape[1] != self.extra_channels or extra.shape[0] != x.shape[0]:
             got = None if extra is None else tuple(extra.shape)
             raise ValueError(f"extra must have shape (B={x.shape[0]}, {self.extra_channels}, h, w), got {got}")
+
+    @staticmethod
+    def _append(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
         extra = F.interpolate(extra.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([x, extra], dim=1)
+
+    def features(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage-4 features (B, C, h, w), plus the extra map's channels when it is appended at block 5."""
+        self._check_extra(x, extra)
+        stages = (self.backbone.stage1, self.backbone.stage2, self.backbone.stage3, self.backbone.stage4)
+        for number, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if number == 2 and self.detach_early:
+                x = x.detach()
+            if number + 1 in self.extra_blocks:
+                x = self._append(x, extra)
+        return x
+
+    def image_backbone(self) -> nn.Module:
+        """A copy of the backbone that takes the image alone (the extra inputs' weights dropped = a zero map)."""
+        backbone = copy.deepcopy(self.backbone)
+        for block in self.extra_blocks:
+            if block < 5:
+                _change_stage_input(getattr(backbone, f"stage{block}"), -self.extra_channels)
+        return backbone
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Image-level logits (B, K): global average pooling, then the 1x1 head."""

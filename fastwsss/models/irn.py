@@ -97,7 +97,7 @@ class BoundaryNet(nn.Module):
         """The backbone of a trained CAM classifier (same architecture and output stride, weights copied)."""
         cam_net, _ = load_cam_net(cam_net_checkpoint)
         model = cls(cam_net.backbone_name, output_stride=cam_net.output_stride)
-        model.backbone.load_state_dict(cam_net.backbone.state_dict())
+        model.backbone.load_state_dict(cam_net.image_backbone().state_dict())
         return model
 
     def train(self, mode: bool = True) -> BoundaryNet:

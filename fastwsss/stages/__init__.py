@@ -18,10 +18,13 @@ class Stage:
 
 
 def _registry() -> dict[str, Stage]:
-    from fastwsss.stages import cam, cls, evaluate, ir_label, irn, pseudo, seg
+    from fastwsss.stages import c2am_cls, cam, cls, confounder, evaluate, global_cam, ir_label, irn, pseudo, seg
 
     return {
+        "confounder": Stage("confounder", confounder.FOLDER, confounder.run_confounder),
         "cls": Stage("cls", cls.FOLDER, cls.run_cls),
+        "global_cam": Stage("global_cam", global_cam.FOLDER, global_cam.run_global_cam),
+        "c2am": Stage("c2am", c2am_cls.FOLDER, c2am_cls.run_c2am_cls),
         "cam": Stage("cam", cam.FOLDER, cam.run_cam),
         "ir_label": Stage("ir_label", ir_label.FOLDER, ir_label.run_ir_label),
         "irn": Stage("irn", irn.FOLDER, irn.run_irn),
@@ -31,9 +34,36 @@ def _registry() -> dict[str, Stage]:
     }
 
 
+BASELINE = ("cls", "cam", "ir_label", "irn", "pseudo", "seg", "eval")
 METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    "cam": ("cls", "cam", "ir_label", "irn", "pseudo", "seg", "eval"),
+    "cam": BASELINE,
+    "c2am": ("cls", "global_cam", "c2am", "cam", "ir_label", "irn", "pseudo", "seg", "eval"),
+    "conta": ("confounder", *BASELINE),
 }
+"""Stage order per method. CONTA runs BASELINE as round 0 under RUNDIR/rounds/0, then the whole tuple
+(confounder first) for each round 1..conta.rounds under RUNDIR/rounds/<t>."""
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: Stage
+    round: int | None
+    """CONTA's round (outputs under RUNDIR/rounds/<round>); None for the single-pass methods."""
+
+
+def plan(method: str, rounds: int, requested: str | None = None) -> list[PlannedStage]:
+    """Every stage the run executes, in order, with its round; `requested` filters by stage name."""
+    stages = stages_for(method, requested)
+    if method != "conta":
+        return [PlannedStage(stage, None) for stage in stages]
+    planned = [PlannedStage(stage, 0) for stage in stages if stage.name != "confounder"]
+    for t in range(1, rounds + 1):
+        planned += [PlannedStage(stage, t) for stage in stages]
+    return planned
+
+
+def round_folder(round_: int) -> str:
+    return f"rounds/{round_}"
 
 
 def get_stage(name: str) -> Stage:

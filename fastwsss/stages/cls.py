@@ -2,23 +2,47 @@
 
 Multilabel soft-margin loss, SGD with poly lr (head lr x head_lr_mult), a resumable checkpoint after every
 epoch (RUNDIR/cls/last.pt, see fastwsss.training) and the final model in RUNDIR/cls/ckpt.pt.
+
+In CONTA rounds t >= 1 the classifier is s = f([X, M_t]) (fastwsss.methods.conta.ContextClassifier): a
+CAMNet with one extra channel at `conta.extra_at`, and the Eq. 3 attention whose W1, W2 train with it.
+Every round starts from the same initialisation as round 0, so M_t is the only thing that differs. The
+attention is saved beside the classifier as RUNDIR/rounds/<t>/cls/attention.pt.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
+from fastwsss.io import atomic_path
+from fastwsss.methods.conta import ConfounderAttention, ContextClassifier
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
+from fastwsss.stages.confounder import load_confounders
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
 
 STAGE = FOLDER = "cls"
+ATTENTION_FILE = "attention.pt"
 
 
-def build_classifier(ctx: StageContext, num_classes: int) -> CAMNet:
+def uses_context(ctx: StageContext) -> bool:
+    """True in CONTA rounds >= 1, where the classifier also sees M_t."""
+    return ctx.config.method == "conta" and (ctx.round or 0) >= 1
+
+
+def classifier_checkpoint(ctx: StageContext) -> Path:
+    """The classifier whose CAMs the run uses: C2AM's fine-tuned one, else this run's (or round's) cls."""
+    folder = "c2am" if ctx.config.method == "c2am" else FOLDER
+    return ctx.run.path / folder / "ckpt.pt"
+
+
+def build_classifier(ctx: StageContext, num_classes: int, extra_channels: int = 0) -> CAMNet:
     c = ctx.config.cls
     torch.manual_seed(ctx.config.seed)
     return CAMNet(
@@ -28,17 +52,20 @@ def build_classifier(ctx: StageContext, num_classes: int) -> CAMNet:
         weights=c.weights,
         freeze_bn=c.freeze_bn,
         detach_early=c.detach_early,
+        extra_channels=extra_channels,
+        extra_at=ctx.config.conta.extra_at,
     )
 
 
-def make_optimizer(model: CAMNet, ctx: StageContext) -> torch.optim.SGD:
+def make_optimizer(groups: list[dict[str, Any]], lr: float, head_lr_mult: float, ctx: StageContext) -> torch.optim.SGD:
+    """SGD over [backbone, head] groups, the head at lr x head_lr_mult; `initial_lr` drives the poly schedule."""
     c = ctx.config.cls
-    backbone_group, head_group = model.param_groups()
+    backbone_group, head_group = groups
     groups = [
-        {**backbone_group, "lr": c.lr, "initial_lr": c.lr},
-        {**head_group, "lr": c.lr * c.head_lr_mult, "initial_lr": c.lr * c.head_lr_mult},
+        {**backbone_group, "lr": lr, "initial_lr": lr},
+        {**head_group, "lr": lr * head_lr_mult, "initial_lr": lr * head_lr_mult},
     ]
-    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
 
 def run_cls(ctx: StageContext) -> None:
@@ -48,16 +75,28 @@ def run_cls(ctx: StageContext) -> None:
     source = build_source(cfg.data, cfg.data.train_split)
     source.check_files()
     dataset = ClassificationDataset(source, c.resize_long, c.crop, seed=cfg.seed, augment=True)
-    model = build_classifier(ctx, source.num_classes).to(ctx.device)
+    net = build_classifier(ctx, source.num_classes, extra_channels=1 if uses_context(ctx) else 0).to(ctx.device)
+    model: nn.Module = net
+    if uses_context(ctx):
+        confounders, table = load_confounders(ctx.run.path)
+        model = ContextClassifier(net, ConfounderAttention(confounders, seed=cfg.seed)).to(ctx.device)
 
-    def loss(sample: dict) -> torch.Tensor:
-        return F.multilabel_soft_margin_loss(model(sample["image"]), sample["label"])
+        def loss(sample: dict) -> torch.Tensor:
+            xm = table.batch(sample["id"]).to(ctx.device)
+            return F.multilabel_soft_margin_loss(model(sample["image"], xm), sample["label"])
+    else:
+
+        def loss(sample: dict) -> torch.Tensor:
+            return F.multilabel_soft_margin_loss(model(sample["image"]), sample["label"])
 
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
-        optimizer=make_optimizer(model, ctx), dataset=dataset, epochs=c.epochs, batch_size=c.batch_size,
-        last_path=out / "last.pt", compute_loss=loss, hint="lower cls.lr (--lr) or check the data",
+        optimizer=make_optimizer(model.param_groups(), c.lr, c.head_lr_mult, ctx), dataset=dataset, epochs=c.epochs,
+        batch_size=c.batch_size, last_path=out / "last.pt", compute_loss=loss, hint="lower cls.lr (--lr) or check the data",
     )
     steps = run_epochs(ctx, job)
-    save_checkpoint(out / "ckpt.pt", model, {"class_names": source.class_names, "data": cfg.data.name})
+    if isinstance(model, ContextClassifier):
+        with atomic_path(out / ATTENTION_FILE) as tmp:
+            torch.save(model.attention.state_dict(), tmp)
+    save_checkpoint(out / "ckpt.pt", net, {"class_names": source.class_names, "data": cfg.data.name})
     ctx.run.mark_done(STAGE, {"epochs": c.epochs, "steps": steps})

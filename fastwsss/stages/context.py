@@ -21,6 +21,14 @@ class StageContext:
     resume: bool = False
     on_step: StepHook | None = None
     """Called as on_step(stage, count) after every optimiser step or finished image (tests interrupt here)."""
+    round: int | None = None
+    """CONTA's round; `run` is then the view of RUNDIR/rounds/<round>. None for single-pass methods."""
+
+    def previous_round(self) -> RunDir:
+        """The run-directory view of the round before this one (CONTA rounds >= 1 only)."""
+        if self.round is None or self.round < 1:
+            raise ValueError(f"stage context of round {self.round} has no previous round")
+        return self.run.view(f"rounds/{self.round - 1}", round=self.round - 1)
 
     def step(self, stage: str, count: int) -> None:
         if self.on_step is not None:

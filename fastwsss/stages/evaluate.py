@@ -3,7 +3,9 @@
 CAM seeds: a constant background plane is prepended to the normalised high_res CAMs and the argmax taken,
 for the configured threshold and for a sweep of thresholds (C2AM sweeps 0.13..0.20). IR labels are scored
 on their confident pixels only (255 = unsure is left out) with the share of pixels that are confident;
-pseudo masks and the segmentation model's predictions on the training images as plain masks. One metrics
+pseudo masks and the segmentation model's predictions on the training images as plain masks. Where the
+data set records context regions (synthetic), the CAM row also carries the context leakage
+(fastwsss.context_metrics). One metrics
 row per evaluated output, appended to RUNDIR/metrics.jsonl; mIoU is stored as a fraction in 0..1.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fastwsss.cam_inference import cam_seed_mask, load_cam_npz
+from fastwsss.context_metrics import ContextLeakageMeter
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import IGNORE_INDEX
@@ -34,6 +37,8 @@ def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[st
     e = ctx.config.eval
     thresholds = sorted({*e.cam_bg_sweep, e.cam_bg_threshold})
     meters = {t: ConfusionMeter(source.num_classes + 1) for t in thresholds}
+    load_context = getattr(source, "load_context", None)
+    leakage = ContextLeakageMeter(e.cam_bg_threshold) if load_context is not None else None
     missing = 0
     for image_id in track(source.ids, f"eval: cam seeds ({source.split})"):
         path = cam_path(cam_dir, image_id)
@@ -53,6 +58,11 @@ def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[st
             continue
         for t in thresholds:
             meters[t].update(cam_seed_mask(cams.high_res, cams.keys, t), gt)
+        if leakage is not None:
+            try:
+                leakage.update(cams.high_res, load_context(image_id))
+            except DataError as exc:
+                warn(f"{exc}; context leakage is left without this image")
     evaluated = len(source.ids) - missing
     if evaluated == 0:
         warn(f"eval: no CAMs to evaluate in {cam_dir} for split {source.split}")
@@ -74,6 +84,7 @@ def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[st
         "best_miou": meters[best].miou(),
         "sweep": sweep,
         "images": evaluated,
+        "context_leakage": None if leakage is None else leakage.value(),
     }
 
 

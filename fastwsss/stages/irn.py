@@ -28,6 +28,7 @@ from fastwsss.errors import ConfigError, DataError
 from fastwsss.irn_pairs import affinity_loss, downsample_labels, pair_masks
 from fastwsss.models.irn import BoundaryNet, save_irn_checkpoint
 from fastwsss.progress import warn
+from fastwsss.stages.cls import classifier_checkpoint
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
 
@@ -101,7 +102,7 @@ def build_boundary_net(ctx: StageContext) -> BoundaryNet:
     if n.backbone_from == "imagenet":
         return BoundaryNet.from_imagenet(n.backbone, n.weights)
     if n.backbone_from == "cls":
-        return BoundaryNet.from_classifier(ctx.run.path / "cls" / "ckpt.pt")
+        return BoundaryNet.from_classifier(classifier_checkpoint(ctx))
     raise ConfigError(f"irn.backbone_from: must be 'imagenet' or 'cls', got {n.backbone_from!r}")
 
 

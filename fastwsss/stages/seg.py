@@ -266,6 +266,8 @@ def run_seg(ctx: StageContext) -> None:
     save_seg_checkpoint(out / "ckpt.pt", model, {"class_names": base.class_names, "data": cfg.data.name})
     model.eval()
     val_row = evaluate_split(ctx, model, build_source(cfg.data, cfg.data.val_split))
+    for split in cfg.data.test_splits:
+        evaluate_split(ctx, model, build_source(cfg.data, split))
     predicted, cam_row = predict_split(ctx, model, base, out / PRED_FOLDER)
     ctx.run.mark_done(
         FOLDER,

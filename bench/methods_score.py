@@ -1,0 +1,113 @@
+"""Phase 2 of bench.methods: score the trained runs and summarise them over seeds (see bench/methods.py)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import print_table
+from fastwsss.data import build_source
+from fastwsss.models.deeplab import load_seg_model
+from fastwsss.rundir import RunDir, open_run_dir
+from fastwsss.stages import round_folder
+from fastwsss.stages.context import StageContext
+from fastwsss.stages.evaluate import evaluate_cam_seeds
+from fastwsss.stages.seg import evaluate_split
+
+METRICS = ("seed", "seed_best", "leakage", "pseudo", "seg_val", "seg_debiased")
+LABELS = {
+    "seed": "CAM seed mIoU (bg 0.15)", "seed_best": "CAM seed mIoU (best bg)", "leakage": "context leakage (%)",
+    "pseudo": "pseudo-mask mIoU", "seg_val": "DeepLab val mIoU", "seg_debiased": "DeepLab debiased mIoU",
+}
+
+
+def _latest(rows: list[dict[str, Any]], stage: str, split: str, round_: int | None) -> dict[str, Any] | None:
+    found = None
+    for row in rows:
+        if row.get("stage") == stage and row.get("split") == split and row.get("round") == round_ and row.get("miou") is not None:
+            found = row
+    return found
+
+
+def score_view(run: RunDir, round_: int | None) -> dict[str, float | None] | None:
+    """The metrics of one run (or one CONTA round); None when its seg stage has not finished."""
+    view = run if round_ is None else run.view(round_folder(round_), round=round_)
+    if not view.is_done("seg"):
+        return None
+    config = run.load_config()
+    ctx = StageContext(config=config, run=view, device=torch.device("cpu"), round=round_)
+    cam_row = evaluate_cam_seeds(ctx, build_source(config.data, config.data.cam_split))
+    rows = run.metrics()
+    if _latest(rows, "seg", "debiased", round_) is None:
+        model, _ = load_seg_model(view.path / "seg" / "ckpt.pt", "cpu")
+        model.eval()
+        evaluate_split(ctx, model, build_source(config.data, "debiased"))
+        rows = run.metrics()
+
+    def miou(stage: str, split: str) -> float | None:
+        row = _latest(rows, stage, split, round_)
+        return None if row is None else 100 * row["miou"]
+
+    leak = None if cam_row is None else cam_row.get("context_leakage")
+    return {
+        "seed": None if cam_row is None else 100 * cam_row["miou"],
+        "seed_best": None if cam_row is None else 100 * cam_row["best_miou"],
+        "leakage": None if leak is None else 100 * leak,
+        "pseudo": miou("pseudo", "train"),
+        "seg_val": miou("seg", "val"),
+        "seg_debiased": miou("seg", "debiased"),
+    }
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
+    from bench.methods import BENCH_SCALE, bench_config, run_dir
+
+    per_run: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        conta = run_dir(out, "conta", seed)
+        if (conta / "config.json").is_file():
+            run = open_run_dir(conta)
+            for t in range(rounds + 1):
+                name = "cam" if t == 0 else ("conta" if t == rounds else f"conta_round{t}")
+                per_run[f"{name}/seed{seed}"] = {"method": name, "seed": seed, "round": t, **(score_view(run, t) or {})}
+        c2am = run_dir(out, "c2am", seed)
+        if (c2am / "config.json").is_file():
+            per_run[f"c2am/seed{seed}"] = {"method": "c2am", "seed": seed, **(score_view(open_run_dir(c2am), None) or {})}
+    methods = ["cam", "c2am", *[f"conta_round{t}" for t in range(1, rounds)], "conta"]
+    summary: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        runs = [r for r in per_run.values() if r["method"] == method]
+        summary[method] = {
+            metric: _summary([r[metric] for r in runs if r.get(metric) is not None])
+            for metric in METRICS
+            if any(r.get(metric) is not None for r in runs)
+        }
+    rows = []
+    for method in methods:
+        cells = [method]
+        for metric in METRICS:
+            s = summary[method].get(metric)
+            cells.append("-" if not s else f"{s['mean']:.1f} ± {s['std']:.1f} (n={s['n']})")
+        rows.append(cells)
+    print_table("confounding benchmark (synthetic, mean ± sd over seeds)", ["method", *[LABELS[m] for m in METRICS]], rows)
+    config = bench_config("conta", seeds[0], rounds)
+    return {
+        "benchmark": "methods",
+        "settings": {"scale": BENCH_SCALE, "seeds": seeds, "conta_rounds": rounds, "synth": config.data.synth.__dict__,
+                     "note": "cam = round 0 of the seed's conta run (same stages, config and seed)"},
+        "summary": summary,
+        "runs": per_run,
+    }

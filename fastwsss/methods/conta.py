@@ -1,0 +1,135 @@
+"""CONTA's context adjustment (ALGORITHMS.md section 7; CONTA paper, Section 3.2, Eq. 1-3).
+
+Round t >= 1 of CONTA:
+    X_m  = the foreground of an image's predicted mask (round t-1), area-averaged onto an S x S grid and
+           flattened to hw = S^2 values in [0, 1]                      -> `foreground_map`
+    c_i  = the mean over the training images tagged with class i of the indicator of class i in their
+           predicted masks, on the same grid (background dropped)      -> `ConfounderSetBuilder`
+    M_t  = sum_i alpha_i c_i P(c_i), alpha = softmax_i((W1 X_m)^T (W2 c_i) / sqrt(n)), P(c_i) = 1/n
+                                                                       -> `ConfounderAttention`
+    s    = f([X, M_t]): M_t resized to the feature grid and concatenated (block 5 by default)
+                                                                       -> `ContextClassifier`, CAMNet
+W1 and W2 (n x hw) are trained with the classifier. M_t is a prior in image-normalised coordinates, so
+the crop and flip of training augmentation are not applied to it (the paper does not say either way);
+at CAM time the flipped image gets the flipped map.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastwsss.errors import CheckpointError
+from fastwsss.io import atomic_path
+from fastwsss.kernels.confounder_attention import confounder_attention
+from fastwsss.models.cam_net import CAMNet
+
+IGNORE = 255
+
+
+def _grid_average(indicator: np.ndarray, size: int) -> np.ndarray:
+    """Area average of a (H, W) 0/1 map onto size x size cells (fractional cells where sizes do not divide)."""
+    x = torch.from_numpy(np.ascontiguousarray(indicator, dtype=np.float32))[None, None]
+    return F.adaptive_avg_pool2d(x, size)[0, 0].reshape(-1).numpy()
+
+
+def foreground_map(mask: np.ndarray, size: int) -> np.ndarray:
+    """X_m: the share of object pixels (id not 0 and not 255) of a class-id mask per grid cell, flattened."""
+    return _grid_average((mask != 0) & (mask != IGNORE), size)
+
+
+class ConfounderSetBuilder:
+    """Accumulates the confounder set C (n x hw) from (predicted mask, image labels) pairs."""
+
+    def __init__(self, num_classes: int, size: int) -> None:
+        self.size = size
+        self.total = np.zeros((num_classes, size * size), np.float64)
+        self.counts = np.zeros(num_classes, np.int64)
+
+    def add(self, mask: np.ndarray, labels: np.ndarray) -> None:
+        for i in np.flatnonzero(np.asarray(labels) > 0.5):
+            self.total[i] += _grid_average(mask == i + 1, self.size)
+            self.counts[i] += 1
+
+    def result(self) -> np.ndarray:
+        """c_i = mean over the images tagged i; a class no image is tagged with keeps a zero row."""
+        return (self.total / np.maximum(self.counts, 1)[:, None]).astype(np.float32)
+
+
+class ConfounderAttention(nn.Module):
+    """Eq. 3: the X-specific context prior M from the image's mask X_m and the fixed confounder set C."""
+
+    def __init__(self, confounders: torch.Tensor, seed: int = 0) -> None:
+        super().__init__()
+        if confounders.dim() != 2:
+            raise ValueError(f"confounders must be (n, hw), got shape {tuple(confounders.shape)}")
+        n, hw = confounders.shape
+        size = math.isqrt(hw)
+        if size * size != hw:
+            raise ValueError(f"confounders: hw = {hw} is not a square grid")
+        self.size = size
+        self.register_buffer("confounders", confounders.detach().float().clone())
+        generator = torch.Generator().manual_seed(seed)
+        # 1/sqrt(hw) keeps W x at the scale of x's mean, so the initial softmax is neither flat nor saturated.
+        self.w1 = nn.Parameter(torch.randn(n, hw, generator=generator) / math.sqrt(hw))
+        self.w2 = nn.Parameter(torch.randn(n, hw, generator=generator) / math.sqrt(hw))
+
+    def forward(self, xm: torch.Tensor) -> torch.Tensor:
+        """(B, hw) masks -> (B, 1, S, S) maps M."""
+        m = confounder_attention(xm.float(), self.w1, self.w2, self.confounders)
+        return m.view(xm.shape[0], 1, self.size, self.size)
+
+
+class ContextClassifier(nn.Module):
+    """s = f([X, M_t]): a CAMNet with one extra channel, fed by `ConfounderAttention` of the image's X_m."""
+
+    def __init__(self, net: CAMNet, attention: ConfounderAttention) -> None:
+        super().__init__()
+        if net.extra_channels != 1:
+            raise ValueError(f"CONTA's CAMNet needs extra_channels=1, got {net.extra_channels}")
+        self.net = net
+        self.attention = attention
+
+    def forward(self, image: torch.Tensor, xm: torch.Tensor) -> torch.Tensor:
+        return self.net(image, self.attention(xm))
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """[backbone, head + W1/W2]: the attention is new like the head, so it takes the head's lr."""
+        backbone, head = self.net.param_groups()
+        return [backbone, {**head, "params": [*head["params"], *self.attention.parameters()]}]
+
+
+class MaskTable:
+    """X_m of every image of a round, by id (float16 on disk, float32 in batches)."""
+
+    def __init__(self, ids: list[str], maps: np.ndarray) -> None:
+        if len(ids) != maps.shape[0]:
+            raise ValueError(f"{len(ids)} ids but {maps.shape[0]} masks")
+        self.index = {image_id: i for i, image_id in enumerate(ids)}
+        self.ids = list(ids)
+        self.maps = maps
+
+    def batch(self, ids: list[str] | tuple[str, ...]) -> torch.Tensor:
+        try:
+            rows = [self.index[i] for i in ids]
+        except KeyError as exc:
+            raise CheckpointError(f"no X_m for image {exc.args[0]!r}; rerun the confounder stage") from None
+        return torch.from_numpy(self.maps[rows].astype(np.float32))
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, ids=np.asarray(self.ids), maps=self.maps.astype(np.float16))
+
+    @classmethod
+    def load(cls, path: str | Path) -> MaskTable:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: X_m table not found (run the confounder stage first)")
+        with np.load(path, allow_pickle=False) as data:
+            return cls([str(i) for i in data["ids"]], data["maps"])

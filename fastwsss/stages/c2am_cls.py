@@ -1,0 +1,48 @@
+"""Stage `c2am`: fine-tune the baseline classifier with C2AM's scaled logits (ALGORITHMS.md section 6).
+
+Starts from RUNDIR/cls/ckpt.pt with BatchNorm in train mode and every layer trainable (the released
+schedule; `c2am.freeze_bn`), trains `c2am.epochs` with BCE-with-logits of s_c * M_c (M_c from the global
+CAM) at lr `c2am.lr` (head x `c2am.head_lr_mult`), and writes RUNDIR/c2am/ckpt.pt, which the cam stage then
+uses with the plain logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastwsss.data import build_source
+from fastwsss.data.datasets import ClassificationDataset
+from fastwsss.methods.c2am import c2am_loss, logit_constants
+from fastwsss.models.cam_net import CAMNet, load_cam_net, save_checkpoint
+from fastwsss.stages.cls import make_optimizer
+from fastwsss.stages.context import StageContext
+from fastwsss.stages.global_cam import load_global_cam
+from fastwsss.training import TrainJob, run_epochs
+
+STAGE = FOLDER = "c2am"
+
+
+def run_c2am_cls(ctx: StageContext) -> None:
+    cfg = ctx.config
+    m = cfg.c2am
+    out = ctx.run.stage_dir(FOLDER)
+    source = build_source(cfg.data, cfg.data.train_split)
+    baseline, _ = load_cam_net(ctx.run.path / "cls" / "ckpt.pt", "cpu", expect_num_classes=source.num_classes)
+    model = CAMNet(**{**baseline.init_kwargs, "freeze_bn": m.freeze_bn, "detach_early": False})
+    model.load_state_dict(baseline.state_dict())
+    model.to(ctx.device)
+    constants = logit_constants(load_global_cam(ctx), m.gamma).to(ctx.device)
+    dataset = ClassificationDataset(source, cfg.cls.resize_long, cfg.cls.crop, seed=cfg.seed, augment=True)
+
+    def loss(sample: dict) -> torch.Tensor:
+        return c2am_loss(model(sample["image"]), sample["label"], constants)
+
+    job = TrainJob(
+        stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
+        optimizer=make_optimizer(model.param_groups(), m.lr, m.head_lr_mult, ctx), dataset=dataset, epochs=m.epochs,
+        batch_size=m.batch_size, last_path=out / "last.pt", compute_loss=loss, hint="lower c2am.lr or check the global CAM",
+    )
+    steps = run_epochs(ctx, job)
+    save_checkpoint(out / "ckpt.pt", model, {"class_names": source.class_names, "data": cfg.data.name,
+                                            "logit_constants": constants.cpu()})
+    ctx.run.mark_done(STAGE, {"epochs": m.epochs, "steps": steps})

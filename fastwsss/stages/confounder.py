@@ -1,0 +1,95 @@
+"""Stage `confounder` (CONTA rounds t >= 1): X_m and the confounder set C from round t-1's masks.
+
+Reads round t-1's segmentation predictions (`conta.mask_source = seg`, the paper's choice) or pseudo
+masks (`pseudo`) for the classifier's training images and the CAM images; training images the previous
+round did not predict (VOC: train_aug outside train) are predicted here with its DeepLab. Writes
+RUNDIR/rounds/<t>/confounder/confounders.npy (C, n x hw), xm.npz (X_m per image) and confounders.png
+(a picture of C).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastwsss.data import build_source
+from fastwsss.data.base import read_label_png
+from fastwsss.data.palette import save_mask_png
+from fastwsss.errors import CheckpointError, DataError
+from fastwsss.io import atomic_path
+from fastwsss.methods.conta import ConfounderSetBuilder, MaskTable, foreground_map
+from fastwsss.progress import log, track, warn
+from fastwsss.stages.context import StageContext
+from fastwsss.visual import heatmap_sheet
+
+FOLDER = "confounder"
+CONFOUNDERS_FILE = "confounders.npy"
+XM_FILE = "xm.npz"
+
+
+def load_confounders(round_path: Path) -> tuple[torch.Tensor, MaskTable]:
+    """(C as a float32 tensor (n, hw), the X_m table) of the round at `round_path`."""
+    path = round_path / FOLDER / CONFOUNDERS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: confounder set not found (run the confounder stage of this round first)")
+    return torch.from_numpy(np.load(path, allow_pickle=False)), MaskTable.load(round_path / FOLDER / XM_FILE)
+
+
+def _predict_missing(ctx: StageContext, ids: list[str], source, out: Path) -> None:  # noqa: ANN001
+    from fastwsss.models.deeplab import load_seg_model
+    from fastwsss.stages.seg import predict_mask
+
+    model, _ = load_seg_model(ctx.previous_round().path / "seg" / "ckpt.pt", ctx.device, source.num_classes)
+    model.eval()
+    for image_id in track(ids, "confounder: predict X_m"):
+        save_mask_png(predict_mask(model, source.load_image(image_id), ctx.device), out / f"{image_id}.png")
+
+
+def run_confounder(ctx: StageContext) -> None:
+    cfg = ctx.config
+    t = cfg.conta
+    out = ctx.run.stage_dir(FOLDER)
+    prev = ctx.previous_round()
+    mask_dir = prev.path / ("seg/pred" if t.mask_source == "seg" else "pseudo")
+    train = build_source(cfg.data, cfg.data.train_split)
+    cam = build_source(cfg.data, cfg.data.cam_split)
+    train_ids = set(train.ids)
+    ids = train.ids + [i for i in cam.ids if i not in train_ids]
+
+    def mask_path(image_id: str) -> Path:
+        own = out / "pred" / f"{image_id}.png"
+        return own if own.is_file() else mask_dir / f"{image_id}.png"
+
+    missing = [i for i in ids if not mask_path(i).is_file()]
+    if missing and t.mask_source == "pseudo":
+        raise DataError(f"{mask_dir}: no pseudo mask for {len(missing)} images (first {missing[0]}); "
+                        "set conta.mask_source=seg or make pseudo masks for data.train_split")
+    if missing:
+        log(f"confounder: predicting {len(missing)} training images round {ctx.round - 1} did not predict")
+        (out / "pred").mkdir(exist_ok=True)
+        _predict_missing(ctx, missing, train, out / "pred")
+
+    builder = ConfounderSetBuilder(train.num_classes, t.mask_size)
+    maps = np.zeros((len(ids), t.mask_size**2), np.float32)
+    for k, image_id in enumerate(track(ids, f"confounder: C and X_m from {mask_dir.name}")):
+        try:
+            mask = read_label_png(mask_path(image_id), train.num_classes)
+        except DataError as exc:
+            warn(f"{exc}; its X_m is left at zero")
+            continue
+        maps[k] = foreground_map(mask, t.mask_size)
+        if image_id in train_ids:
+            builder.add(mask, train.labels(image_id))
+    confounders = builder.result()
+    with atomic_path(out / CONFOUNDERS_FILE) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, confounders)
+    MaskTable(ids, maps).save(out / XM_FILE)
+    side = t.mask_size
+    heatmap_sheet(confounders.reshape(-1, side, side), train.class_names, out / "confounders.png")
+    empty = [train.class_names[i] for i in np.flatnonzero(builder.counts == 0)]
+    if empty:
+        warn(f"confounder: no training image is tagged {', '.join(empty)}; their rows of C are zero")
+    ctx.run.mark_done(FOLDER, {"images": len(ids), "mask_source": t.mask_source, "predicted_here": len(missing),
+                               "class_images": builder.counts.tolist()})

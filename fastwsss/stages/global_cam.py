@@ -1,0 +1,59 @@
+"""Stage `global_cam` (C2AM): the global CAM G of the baseline classifier over the training images.
+
+Every image of `data.train_split` gets the baseline's multi-scale CAM (the cam stage's settings), resized to
+c2am.global_size^2 ignoring the aspect ratio; G is their mean (fastwsss.methods.c2am). Writes
+RUNDIR/global_cam/global_cam.npy (K x S x S), constants.json (M_c per class) and global_cam.png.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastwsss.cam_inference import multiscale_cam
+from fastwsss.data import build_source
+from fastwsss.errors import CheckpointError, DataError
+from fastwsss.io import atomic_path, write_json
+from fastwsss.methods.c2am import GlobalCamAccumulator, logit_constants
+from fastwsss.models.cam_net import load_cam_net
+from fastwsss.progress import track, warn
+from fastwsss.stages.context import StageContext
+from fastwsss.visual import heatmap_sheet
+
+FOLDER = "global_cam"
+GLOBAL_CAM_FILE = "global_cam.npy"
+
+
+def load_global_cam(ctx: StageContext) -> np.ndarray:
+    path = ctx.run.path / FOLDER / GLOBAL_CAM_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: global CAM not found (run the global_cam stage first)")
+    return np.load(path, allow_pickle=False)
+
+
+def run_global_cam(ctx: StageContext) -> None:
+    cfg = ctx.config
+    m = cfg.c2am
+    out = ctx.run.stage_dir(FOLDER)
+    source = build_source(cfg.data, cfg.data.train_split)
+    model, _ = load_cam_net(ctx.run.path / "cls" / "ckpt.pt", ctx.device, expect_num_classes=source.num_classes)
+    model.eval()
+    accumulator = GlobalCamAccumulator(source.num_classes, m.global_size)
+    skipped = 0
+    for count, image_id in enumerate(track(source.ids, f"global_cam: {source.split}"), start=1):
+        try:
+            image, labels = source.load_image(image_id), source.labels(image_id)
+        except DataError as exc:
+            warn(str(exc))
+            skipped += 1
+            continue
+        result = multiscale_cam(model, image, labels, cfg.cam.scales, ctx.device)
+        accumulator.add(result.keys, result.high_res)
+        ctx.step("global_cam", count)
+    global_cam = accumulator.result(by_class=m.by_class)
+    with atomic_path(out / GLOBAL_CAM_FILE) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, global_cam)
+    constants = logit_constants(global_cam, m.gamma).tolist()
+    write_json(out / "constants.json", {"gamma": m.gamma, "by_class": m.by_class,
+                                       "M_c": dict(zip(source.class_names, constants, strict=True))})
+    heatmap_sheet(global_cam, source.class_names, out / "global_cam.png")
+    ctx.run.mark_done(FOLDER, {"images": accumulator.images, "skipped": skipped})

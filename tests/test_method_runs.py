@@ -1,0 +1,96 @@
+"""C2AM and CONTA end to end on a very small synthetic set: stage plan, run layout, per-round metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fastwsss.config import SynthConfig, get_preset
+from fastwsss.data.base import read_label_png
+from fastwsss.data.palette import save_mask_png
+from fastwsss.methods.conta import MaskTable
+from fastwsss.models.cam_net import load_cam_net
+from fastwsss.pipeline import run_pipeline
+from fastwsss.rundir import open_run_dir
+from fastwsss.stages import plan
+from fastwsss.stages.confounder import load_confounders, run_confounder
+from fastwsss.stages.context import StageContext
+
+
+def small(method: str, rounds: int = 1):
+    config = get_preset("tiny", method)
+    synth = SynthConfig(size=64, num_train=40, num_val=8, num_debiased=8, seed=2)
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, synth=synth),
+        cls=dataclasses.replace(config.cls, epochs=2, batch_size=16),
+        cam=dataclasses.replace(config.cam, scales=(1.0,)),
+        irn=dataclasses.replace(config.irn, epochs=1),
+        seg=dataclasses.replace(config.seg, epochs=1),
+        pseudo=dataclasses.replace(config.pseudo, exp_times=4),
+        c2am=dataclasses.replace(config.c2am, epochs=1, global_size=16),
+        conta=dataclasses.replace(config.conta, rounds=rounds, mask_size=8),
+    )
+
+
+def test_plans() -> None:
+    names = [(p.stage.name, p.round) for p in plan("conta", 2)]
+    baseline = ["cls", "cam", "ir_label", "irn", "pseudo", "seg", "eval"]
+    assert names == [(n, 0) for n in baseline] + [(n, t) for t in (1, 2) for n in ["confounder", *baseline]]
+    assert [p.stage.name for p in plan("c2am", 3)][:4] == ["cls", "global_cam", "c2am", "cam"]
+    assert all(p.round is None for p in plan("c2am", 3))
+    assert [(p.stage.name, p.round) for p in plan("conta", 1, "cls,confounder")] == [("cls", 0), ("confounder", 1), ("cls", 1)]
+
+
+@pytest.mark.slow
+def test_c2am_end_to_end(tmp_path) -> None:
+    run = run_pipeline(small("c2am"), tmp_path / "c2am")
+    g = np.load(run.path / "global_cam" / "global_cam.npy")
+    assert g.shape == (10, 16, 16) and g.min() >= 0 and g.max() <= 1
+    assert (run.path / "global_cam" / "global_cam.png").is_file()
+    base, _ = load_cam_net(run.path / "cls" / "ckpt.pt")
+    tuned, meta = load_cam_net(run.path / "c2am" / "ckpt.pt")
+    torch.testing.assert_close(meta["logit_constants"], torch.from_numpy(g).mean(dim=(1, 2)))
+    assert not torch.equal(base.head.weight, tuned.head.weight)
+    rows = run.metrics()
+    assert {r["stage"] for r in rows} >= {"cls", "c2am", "cam", "pseudo", "seg"}
+    assert any(r["stage"] == "seg" and r["split"] == "debiased" for r in rows)
+    cam_row = [r for r in rows if r["stage"] == "cam"][-1]
+    assert 0.0 <= cam_row["context_leakage"] <= 1.0
+
+
+@pytest.mark.slow
+def test_conta_end_to_end_and_m_follows_the_previous_round(tmp_path) -> None:
+    run = run_pipeline(small("conta", rounds=1), tmp_path / "conta")
+    r0, r1 = run.path / "rounds" / "0", run.path / "rounds" / "1"
+    assert (r0 / "seg" / "DONE").is_file() and (r1 / "seg" / "DONE").is_file() and not (run.path / "cls").exists()
+    assert not (r0 / "confounder").exists()
+    confounders, table = load_confounders(r1)
+    assert confounders.shape == (10, 64) and len(table.ids) == 40
+    net, _ = load_cam_net(r1 / "cls" / "ckpt.pt")
+    assert net.extra_channels == 1 and (r1 / "cls" / "attention.pt").is_file()
+    rows = run.metrics()
+    for t in (0, 1):
+        assert {r["stage"] for r in rows if r.get("round") == t} >= {"cls", "cam", "pseudo", "seg"}
+
+    # Change round 0's predictions: round 1's X_m and C, and so M_1, must change with them.
+    config = open_run_dir(run.path).load_config()
+    copy = tmp_path / "changed"
+    shutil.copytree(run.path, copy)
+    preds = sorted((copy / "rounds" / "0" / "seg" / "pred").glob("*.png"))
+    for path in preds[:10]:
+        mask = read_label_png(path, 10)
+        mask[: mask.shape[0] // 2] = 1
+        save_mask_png(mask, path)
+    changed = open_run_dir(copy)
+    run_confounder(StageContext(config=config, run=changed.view("rounds/1", round=1), device=torch.device("cpu"), round=1))
+    new_c, new_table = load_confounders(copy / "rounds" / "1")
+    assert not torch.allclose(new_c, confounders)
+    assert not np.allclose(new_table.batch(table.ids[:10]).numpy(), table.batch(table.ids[:10]).numpy())
+    untouched = [i for i in table.ids if f"{i}.png" not in {p.name for p in preds[:10]}]
+    np.testing.assert_allclose(new_table.batch(untouched).numpy(), table.batch(untouched).numpy())
+    assert isinstance(MaskTable.load(copy / "rounds" / "1" / "confounder" / "xm.npz"), MaskTable)
