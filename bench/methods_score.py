@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
             run = open_run_dir(conta)
             for t in range(rounds + 1):
                 name = "cam" if t == 0 else ("conta" if t == rounds else f"conta_round{t}")
-                per_run[f"{name}/seed{seed}"] = {"method": name, "seed": seed, "round": t, **(score_view(run, t) or {})}
+                per_run[f"{name}/seed{seed}"] = {"method": name, "seed": seed, "round": t, **(score_view(run, t) or {}),
+                                                 "attention": attention_diagnostics(conta / round_folder(t))}
         c2am = run_dir(out, "c2am", seed)
         if (c2am / "config.json").is_file():
             per_run[f"c2am/seed{seed}"] = {"method": "c2am", "seed": seed, **(score_view(open_run_dir(c2am), None) or {})}
@@ -110,4 +112,32 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
                      "note": "cam = round 0 of the seed's conta run (same stages, config and seed)"},
         "summary": summary,
         "runs": per_run,
+    }
+
+
+def attention_diagnostics(round_path: Path) -> dict[str, float] | None:
+    """Is Eq. 3 doing anything? How image-specific M is, and how peaked the attention alpha is."""
+    from fastwsss.kernels.confounder_attention import confounder_attention_weights_reference
+    from fastwsss.methods.conta import ConfounderAttention
+    from fastwsss.stages.confounder import load_confounders
+
+    attention_file = round_path / "cls" / "attention.pt"
+    if not attention_file.is_file():
+        return None
+    confounders, table = load_confounders(round_path)
+    attention = ConfounderAttention(confounders)
+    attention.load_state_dict(torch.load(attention_file, map_location="cpu", weights_only=True))
+    with torch.no_grad():
+        xm = table.batch(table.ids)
+        m = attention(xm).flatten(1)
+        alpha = confounder_attention_weights_reference(xm, attention.w1, attention.w2, attention.confounders)
+    n = alpha.shape[1]
+    entropy = -(alpha * alpha.clamp_min(1e-12).log()).sum(dim=1) / math.log(n)
+    return {
+        "m_mean": float(m.mean()),
+        "m_spatial_cv": float(m.mean(dim=0).std() / m.mean().clamp_min(1e-12)),
+        "m_across_images_cv": float(m.std(dim=0).mean() / m.mean().clamp_min(1e-12)),
+        "alpha_entropy_over_log_n": float(entropy.mean()),
+        "alpha_max_mean": float(alpha.max(dim=1).values.mean()),
+        "xm_foreground_mean": float(xm.mean()),
     }

@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Make and convert data sets.", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(help="Micro-benchmarks (JSON plus a table).", no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -159,6 +161,7 @@ def eval_command(
 ) -> None:
     """Score a run's outputs (CAM seeds, ...) against the ground truth and print a table."""
     from fastwsss.rundir import open_run_dir
+    from fastwsss.stages import round_folder
     from fastwsss.stages.context import StageContext, resolve_device
     from fastwsss.stages.evaluate import run_eval
 
@@ -167,7 +170,14 @@ def eval_command(
         config = run.load_config()
         run.lock()
         try:
-            run_eval(StageContext(config=config, run=run, device=resolve_device(config.device)))
+            device = resolve_device(config.device)
+            if config.method == "conta":
+                for t in range(config.conta.rounds + 1):
+                    view = run.view(round_folder(t), round=t)
+                    if view.path.is_dir():
+                        run_eval(StageContext(config=config, run=view, device=device, round=t))
+            else:
+                run_eval(StageContext(config=config, run=run, device=device))
         finally:
             run.unlock()
     _print_metrics(run.path, verbose)
@@ -175,7 +185,10 @@ def eval_command(
 
 @app.command()
 @friendly_errors
-def presets(name: Annotated[str | None, typer.Argument(help="Show this preset's full settings")] = None) -> None:
+def presets(
+    name: Annotated[str | None, typer.Argument(help="Show this preset's full settings")] = None,
+    method: Annotated[str, typer.Option(help="Show the settings as this method gets them (cam, c2am, conta)")] = "cam",
+) -> None:
     """List the presets, or print one preset's resolved settings as JSON."""
     import json
 
@@ -183,7 +196,7 @@ def presets(name: Annotated[str | None, typer.Argument(help="Show this preset's 
         for key, factory in PRESETS.items():
             console.print(f"[bold]{key}[/bold]: {(factory.__doc__ or '').strip()}")
         return
-    sys.stdout.write(json.dumps(get_preset(name).to_dict(), indent=2) + "\n")
+    sys.stdout.write(json.dumps(get_preset(name, method).to_dict(), indent=2) + "\n")
 
 
 @data_app.command("synth")
@@ -226,6 +239,33 @@ def data_coco_masks(
 
     written = convert_instances_to_masks(instances, out)
     console.print(f"wrote {written} masks to {out}")
+
+
+@bench_app.command("kernels")
+@friendly_errors
+def bench_kernels(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here as JSON")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: cuda when present)")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed calls per case and backend (median, p10, p90)")] = 30,
+    only: Annotated[str | None, typer.Option(help="Comma-separated ops: cam_norm,confounder_attention,random_walk")] = None,
+    compile: Annotated[bool, typer.Option(help="Also time torch.compile of the reference")] = True,
+    dense: Annotated[bool, typer.Option(help="Also time IRNet's dense random walk (slow: minutes on a CPU)")] = False,
+) -> None:
+    """Time every kernel backend that can run here next to eager PyTorch and torch.compile.
+
+    On a CPU only eager and compile run (Triton and CUDA rows need a GPU). Example:
+
+      fastwsss bench kernels --device cuda --json bench/results/kernels-h100.json
+    """
+    from fastwsss.benchtools import pick_device
+    from fastwsss.kernel_bench import CASES, run_kernel_bench
+
+    ops = [o.strip() for o in only.split(",")] if only else None
+    known = sorted({c.op for c in CASES})
+    for op in ops or []:
+        if op not in known:
+            raise ConfigError(f"--only: unknown op {op!r}; valid: {', '.join(known)}")
+    run_kernel_bench(pick_device(device), repeats, ops, compile, dense, json_path)
 
 
 def main() -> None:

@@ -152,13 +152,15 @@ class ContaConfig:
     `rounds`: CONTA rounds after the baseline round 0 (the paper's best is 3); `extra_at`: where M_t is
     concatenated (block5 = after layer4, the paper's choice; block2..block4; dense = all four);
     `mask_size`: side of the grid of the confounder set C and of X_m (hw = mask_size^2); `mask_source`:
-    seg (the paper's choice) or pseudo (its Q4 ablation).
+    seg (the paper's choice) or pseudo (its Q4 ablation); `attention_lr_mult`: lr of W1, W2 as a multiple of
+    the classifier head's (the paper does not say; 1 = trained like the head).
     """
 
     rounds: int = 3
     extra_at: str = "block5"
     mask_size: int = 64
     mask_source: str = "seg"
+    attention_lr_mult: float = 1.0
 
 
 CONTA_EXTRA_AT = ("block2", "block3", "block4", "block5", "dense")
@@ -372,6 +374,7 @@ def validate(config: RunConfig) -> RunConfig:
     need(t.extra_at in CONTA_EXTRA_AT, "conta.extra_at", f"one of {', '.join(CONTA_EXTRA_AT)}, got {t.extra_at!r}")
     need(t.mask_size >= 1, "conta.mask_size", f"must be >= 1, got {t.mask_size}")
     need(t.mask_source in ("seg", "pseudo"), "conta.mask_source", f"seg or pseudo, got {t.mask_source!r}")
+    need(t.attention_lr_mult > 0, "conta.attention_lr_mult", f"must be > 0, got {t.attention_lr_mult}")
     e = config.eval
     need(0 < e.cam_bg_threshold < 1, "eval.cam_bg_threshold", f"must be in (0, 1), got {e.cam_bg_threshold}")
     need(config.device in ("auto", "cpu") or config.device.startswith("cuda"), "device", f"auto, cpu or cuda[:N], got {config.device!r}")

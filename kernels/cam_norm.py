@@ -1,19 +1,57 @@
 """cam_norm: ReLU, then divide each (image, class) map by its spatial maximum + eps (ALGORITHMS.md s. 2).
 
-Layout of a kernel op module: `cam_norm_reference` (pure torch, the specification), the kernels (a Triton
-kernel is planned; add it as `_cam_norm_triton` and list it in `_IMPLEMENTATIONS`), and the public
-`cam_norm`, which asks `kernel_backend` which implementation to run.
+Two ops live here, both dispatched by `kernel_backend`:
+
+* `cam_norm` (op "cam_norm"): relu(cams) / (max_{h,w} relu(cams) + eps) per (image, class).
+* `cam_norm_seeds` (op "cam_norm_seeds"): the same normalisation fused with the seed argmax of
+  `fastwsss.cam_inference.cam_seed_mask`: a constant background plane (= bg_threshold) in front of the K
+  class planes, argmax over the K + 1 planes with ties to the lower plane (a pixel exactly at the
+  threshold is background); label 0 is background and k + 1 is class plane k. The normalised maps are
+  never written to memory.
+
+Layout: `cam_norm_reference` / `cam_norm_seeds_reference` (pure torch, the specification), the Triton
+kernels (`_cam_norm_triton`, `_cam_norm_seeds_triton`, registered only when triton imports), and the
+public functions.
+
+Triton scheme. Planes are (b, k) maps of n = H * W pixels, read through the input strides (no copy for a
+cropped or otherwise non-contiguous view); all maths is fp32 whatever the input dtype (fp16, bf16, fp32 and
+fp64, like the reference, which also computes fp64 input in fp32), the division is IEEE-rounded
+(`tl.math.div_rn`) so fp32 results equal the reference's bit for bit. A program owns a tile of ROWS planes
+x BLOCK pixels (ROWS > 1 packs many small planes into one program) and loops over the pixels in BLOCK
+steps; ROWS, BLOCK and num_warps are fixed by a small heuristic on n, no autotuning.
+* Few planes or small planes (one "chunk" per plane): one fused launch, two passes per program (max, then
+  scale; the second pass mostly hits L2).
+* Big planes and too few planes to fill the GPU: each plane is split into C chunks; a first launch writes
+  the partial maxima (P, C), a second one reduces the C partials of its planes and scales its chunk.
+`cam_norm_seeds` always runs the partial-maxima launch, then one program per (image, pixel block) loops
+over the K planes, keeping the running best value and its plane index.
+The output of `cam_norm` is contiguous (the reference keeps the input's memory format; values are equal).
+Empty inputs (a zero-size dimension) give empty outputs (all-background labels when K = 0) without a launch.
+Under TRITON_INTERPRET=1 the fp32 -> bf16 store truncates instead of rounding to nearest (an interpreter
+limitation; on a GPU the cast rounds to nearest even like torch), so bf16 may differ by one ulp there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 from collections.abc import Callable
 
 import torch
 
+from fastwsss.kernels.cuda_ext import cam_norm_cuda
 from fastwsss.kernels.dispatch import kernel_backend, register_backends
 
+try:  # triton is optional (Linux only): without it only the reference backends are registered.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
+
 OP = "cam_norm"
+OP_SEEDS = "cam_norm_seeds"
 
 
 def _check(cams: torch.Tensor) -> None:
@@ -34,13 +72,388 @@ def cam_norm_reference(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (x / (peak + eps)).to(cams.dtype)
 
 
+def cam_norm_seeds_reference(cams: torch.Tensor, bg_threshold: float, eps: float = 1e-5) -> torch.Tensor:
+    """(B, H, W) int64 seed labels: argmax over [background = bg_threshold, cam_norm(cams) planes].
+
+    The normalised values are compared in fp32 (not rounded to the input dtype), against bg_threshold
+    rounded to fp32. Ties go to the lower plane (background first), so a pixel exactly at the threshold
+    is background. Label 0 is background, k + 1 is class plane k.
+    """
+    _check(cams)
+    x = cams.float().relu()
+    peak = x.amax(dim=(2, 3), keepdim=True)
+    normed = x / (peak + eps)
+    batch, _, height, width = cams.shape
+    background = torch.full((batch, 1, height, width), float(bg_threshold), dtype=torch.float32, device=cams.device)
+    # torch.argmax returns the first maximal index: ties go to the lower plane.
+    return torch.cat([background, normed], dim=1).argmax(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+
+_MAX_BLOCK = 1024  # pixels per loop step of one plane
+_MIN_BLOCK = 16
+_TILE = 2048  # ROWS * BLOCK elements per loop step
+_SPLIT_MIN_PIXELS = 16384  # planes up to this size are never split into chunks
+_CHUNK_MIN_PIXELS = 4096  # the smallest chunk worth its own program
+_PROGRAMS_PER_SM = 4
+
+if triton is not None:
+
+    @triton.jit
+    def _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS: tl.constexpr):
+        """Element offsets of pixels `cols` (flat h * W + w) of planes `rows` (flat b * K + k): [ROWS, BLOCK]."""
+        row_base = (rows // K).to(tl.int64) * stride_b + (rows % K).to(tl.int64) * stride_k
+        if PLANE_CONTIGUOUS:
+            col_off = cols.to(tl.int64)
+        else:
+            col_off = (cols // W).to(tl.int64) * stride_h + (cols % W).to(tl.int64) * stride_w
+        return row_base[:, None] + col_off[None, :]
+
+    @triton.jit
+    def _relu_max(
+        x_ptr,
+        rows,
+        row_mask,
+        start,
+        stop,
+        n_pixels,
+        K,
+        W,
+        stride_b,
+        stride_k,
+        stride_h,
+        stride_w,
+        PLANE_CONTIGUOUS: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """max(0, max of x) over pixels [start, min(stop, n_pixels)) of each plane in `rows`, fp32 [ROWS]."""
+        acc = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+        for i0 in range(start, stop, BLOCK):
+            cols = i0 + tl.arange(0, BLOCK)
+            mask = row_mask[:, None] & (cols < n_pixels)[None, :]
+            offs = _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS)
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = tl.maximum(acc, x)
+        return tl.max(acc, axis=1)
+
+    @triton.jit
+    def _relu_scale(
+        x_ptr,
+        out_ptr,
+        denom,
+        rows,
+        row_mask,
+        start,
+        stop,
+        n_pixels,
+        K,
+        W,
+        stride_b,
+        stride_k,
+        stride_h,
+        stride_w,
+        PLANE_CONTIGUOUS: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """out = relu(x) / denom (per row) over pixels [start, min(stop, n_pixels)); out is contiguous."""
+        denom_tile = tl.broadcast_to(denom[:, None], (ROWS, BLOCK))
+        out_base = rows.to(tl.int64) * n_pixels
+        for i0 in range(start, stop, BLOCK):
+            cols = i0 + tl.arange(0, BLOCK)
+            mask = row_mask[:, None] & (cols < n_pixels)[None, :]
+            offs = _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS)
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = tl.math.div_rn(tl.maximum(x, 0.0), denom_tile)
+            out_offs = out_base[:, None] + cols[None, :]
+            tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _cam_norm_fused_kernel(
+        x_ptr,
+        out_ptr,
+        n_planes,
+        n_pixels,
+        K,
+        W,
+        stride_b,
+        stride_k,
+        stride_h,
+        stride_w,
+        eps,
+        PLANE_CONTIGUOUS: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """One program per ROWS whole planes: pass 1 the maxima, pass 2 the scaled maps."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        row_mask = rows < n_planes
+        peak = _relu_max(
+            x_ptr, rows, row_mask, 0, n_pixels, n_pixels, K, W, stride_b, stride_k, stride_h, stride_w,
+            PLANE_CONTIGUOUS, ROWS, BLOCK,
+        )  # fmt: skip
+        _relu_scale(
+            x_ptr, out_ptr, peak + eps, rows, row_mask, 0, n_pixels, n_pixels, K, W,
+            stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS, ROWS, BLOCK,
+        )  # fmt: skip
+
+    @triton.jit
+    def _partial_max_kernel(
+        x_ptr,
+        partial_ptr,
+        n_planes,
+        n_pixels,
+        K,
+        W,
+        stride_b,
+        stride_k,
+        stride_h,
+        stride_w,
+        chunk,
+        n_chunks,
+        PLANE_CONTIGUOUS: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """Grid (plane tiles, chunks): partial[p, c] = max(0, max of chunk c of plane p); chunk % BLOCK == 0."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        row_mask = rows < n_planes
+        start = tl.program_id(1) * chunk
+        peak = _relu_max(
+            x_ptr, rows, row_mask, start, start + chunk, n_pixels, K, W, stride_b, stride_k, stride_h, stride_w,
+            PLANE_CONTIGUOUS, ROWS, BLOCK,
+        )  # fmt: skip
+        tl.store(partial_ptr + rows.to(tl.int64) * n_chunks + tl.program_id(1), peak, mask=row_mask)
+
+    @triton.jit
+    def _cam_norm_scale_kernel(
+        x_ptr,
+        partial_ptr,
+        out_ptr,
+        n_planes,
+        n_pixels,
+        K,
+        W,
+        stride_b,
+        stride_k,
+        stride_h,
+        stride_w,
+        chunk,
+        n_chunks,
+        eps,
+        PLANE_CONTIGUOUS: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK: tl.constexpr,
+        CHUNKS_BLOCK: tl.constexpr,
+    ):
+        """Grid (plane tiles, chunks): reduce the partial maxima of the tile's planes, scale chunk c."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        row_mask = rows < n_planes
+        c = tl.arange(0, CHUNKS_BLOCK)
+        partial = tl.load(
+            partial_ptr + rows.to(tl.int64)[:, None] * n_chunks + c[None, :],
+            mask=row_mask[:, None] & (c < n_chunks)[None, :],
+            other=0.0,
+        )
+        peak = tl.max(partial, axis=1)
+        start = tl.program_id(1) * chunk
+        _relu_scale(
+            x_ptr, out_ptr, peak + eps, rows, row_mask, start, start + chunk, n_pixels, K, W,
+            stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS, ROWS, BLOCK,
+        )  # fmt: skip
+
+    @triton.jit
+    def _cam_norm_seeds_kernel(
+        x_ptr,
+        partial_ptr,
+        labels_ptr,
+        n_pixels,
+        K,
+        W,
+        stride_b,
+        stride_k,
+        stride_h,
+        stride_w,
+        n_chunks,
+        eps,
+        bg_threshold,
+        PLANE_CONTIGUOUS: tl.constexpr,
+        BLOCK: tl.constexpr,
+        CHUNKS_BLOCK: tl.constexpr,
+    ):
+        """Grid (B, pixel blocks): labels = argmax over [bg_threshold, relu(x_k) / (max_k + eps)], ties low."""
+        b = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        col_mask = cols < n_pixels
+        if PLANE_CONTIGUOUS:
+            col_off = cols.to(tl.int64)
+        else:
+            col_off = (cols // W).to(tl.int64) * stride_h + (cols % W).to(tl.int64) * stride_w
+        c = tl.arange(0, CHUNKS_BLOCK)
+        c_mask = c < n_chunks
+        best = tl.zeros([BLOCK], dtype=tl.float32) + bg_threshold
+        label = tl.zeros([BLOCK], dtype=tl.int32)
+        x_offs = b.to(tl.int64) * stride_b + col_off  # plane k of image b, advanced by stride_k per plane
+        partial_offs = b.to(tl.int64) * K * n_chunks + c  # partial maxima of plane (b, k)
+        for k in range(0, K):
+            partial = tl.load(partial_ptr + partial_offs, mask=c_mask, other=0.0)
+            denom = tl.max(partial, axis=0) + eps
+            x = tl.load(x_ptr + x_offs, mask=col_mask, other=0.0).to(tl.float32)
+            value = tl.math.div_rn(tl.maximum(x, 0.0), tl.broadcast_to(denom, (BLOCK,)))
+            better = value > best  # strictly greater: ties stay with the lower plane
+            best = tl.where(better, value, best)
+            label = tl.where(better, k + 1, label)
+            x_offs += stride_k
+            partial_offs += n_chunks
+        tl.store(labels_ptr + b.to(tl.int64) * n_pixels + cols, label.to(tl.int64), mask=col_mask)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _target_programs(cams: torch.Tensor) -> int:
+    """Programs that fill the device: a few per SM on a GPU; 1 under the CPU interpreter (fewest programs)."""
+    if not cams.is_cuda:
+        return 1
+    index = cams.device.index if cams.device.index is not None else torch.cuda.current_device()
+    return _PROGRAMS_PER_SM * _sm_count(index)
+
+
+def _plane_config(n_planes: int, n_pixels: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK, num_warps) for tiles of ROWS planes x BLOCK pixels."""
+    block = min(max(_next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
+    rows = max(1, min(_TILE // block, _next_pow2(n_planes)))
+    num_warps = 4 if rows * block <= 1024 else 8
+    return rows, block, num_warps
+
+
+def _num_chunks(cams: torch.Tensor, n_plane_tiles: int, n_pixels: int) -> int:
+    if n_pixels <= _SPLIT_MIN_PIXELS:
+        return 1
+    wanted = math.ceil(_target_programs(cams) / n_plane_tiles)
+    return max(1, min(wanted, n_pixels // _CHUNK_MIN_PIXELS))
+
+
+def _chunking(n_pixels: int, n_chunks: int, block: int) -> tuple[int, int]:
+    """(chunk, n_chunks): chunk a multiple of BLOCK, no empty chunk."""
+    chunk = math.ceil(math.ceil(n_pixels / max(1, n_chunks)) / block) * block
+    return chunk, math.ceil(n_pixels / chunk)
+
+
+def _launch_args(cams: torch.Tensor) -> tuple[int, int, int, int, int, int, bool]:
+    """(K, W, stride_b, stride_k, stride_h, stride_w, plane_contiguous) of a (B, K, H, W) tensor."""
+    _, k, h, w = cams.shape
+    sb, sk, sh, sw = cams.stride()
+    plane_contiguous = (sw == 1 or w == 1) and (sh == w or h == 1)
+    return k, w, sb, sk, sh, sw, plane_contiguous
+
+
+def _partial_maxima(cams: torch.Tensor, n_chunks: int | None) -> tuple[torch.Tensor, int, int, int, int, int]:
+    """Launch `_partial_max_kernel`: (partial (P, C) fp32, chunk, C, ROWS, BLOCK, num_warps)."""
+    batch, k, h, w = cams.shape
+    n_planes, n_pixels = batch * k, h * w
+    rows, block, num_warps = _plane_config(n_planes, n_pixels)
+    tiles = math.ceil(n_planes / rows)
+    chunk, n_chunks = _chunking(n_pixels, n_chunks or _num_chunks(cams, tiles, n_pixels), block)
+    partial = torch.empty((n_planes, n_chunks), dtype=torch.float32, device=cams.device)
+    k_, w_, sb, sk, sh, sw, contiguous = _launch_args(cams)
+    _partial_max_kernel[(tiles, n_chunks)](
+        cams, partial, n_planes, n_pixels, k_, w_, sb, sk, sh, sw, chunk, n_chunks,
+        PLANE_CONTIGUOUS=contiguous, ROWS=rows, BLOCK=block, num_warps=num_warps,
+    )  # fmt: skip
+    return partial, chunk, n_chunks, rows, block, num_warps
+
+
+def _on_device(cams: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch on the tensor's GPU (Triton launches on the current device)."""
+    return torch.cuda.device(cams.device) if cams.is_cuda else contextlib.nullcontext()
+
+
+def _cam_norm_triton(cams: torch.Tensor, eps: float = 1e-5, *, n_chunks: int | None = None) -> torch.Tensor:
+    """Triton `cam_norm` (see the module docstring); `n_chunks` forces the per-plane split (tests)."""
+    _check(cams)
+    out = torch.empty(cams.shape, dtype=cams.dtype, device=cams.device)
+    if out.numel() == 0:
+        return out
+    batch, k, h, w = cams.shape
+    n_planes, n_pixels = batch * k, h * w
+    k_, w_, sb, sk, sh, sw, contiguous = _launch_args(cams)
+    with _on_device(cams):
+        rows, block, num_warps = _plane_config(n_planes, n_pixels)
+        tiles = math.ceil(n_planes / rows)
+        wanted = n_chunks or _num_chunks(cams, tiles, n_pixels)
+        if _chunking(n_pixels, wanted, block)[1] == 1:
+            _cam_norm_fused_kernel[(tiles,)](
+                cams, out, n_planes, n_pixels, k_, w_, sb, sk, sh, sw, float(eps),
+                PLANE_CONTIGUOUS=contiguous, ROWS=rows, BLOCK=block, num_warps=num_warps,
+            )  # fmt: skip
+            return out
+        partial, chunk, n_chunks, rows, block, num_warps = _partial_maxima(cams, wanted)
+        _cam_norm_scale_kernel[(tiles, n_chunks)](
+            cams, partial, out, n_planes, n_pixels, k_, w_, sb, sk, sh, sw, chunk, n_chunks, float(eps),
+            PLANE_CONTIGUOUS=contiguous, ROWS=rows, BLOCK=block, CHUNKS_BLOCK=max(2, _next_pow2(n_chunks)),
+            num_warps=num_warps,
+        )  # fmt: skip
+    return out
+
+
+def _cam_norm_seeds_triton(
+    cams: torch.Tensor, bg_threshold: float, eps: float = 1e-5, *, n_chunks: int | None = None
+) -> torch.Tensor:
+    """Triton `cam_norm_seeds` (see the module docstring); `n_chunks` forces the per-plane split (tests)."""
+    _check(cams)
+    batch, k, h, w = cams.shape
+    labels = torch.zeros((batch, h, w), dtype=torch.int64, device=cams.device)
+    if labels.numel() == 0 or k == 0:
+        return labels
+    n_pixels = h * w
+    k_, w_, sb, sk, sh, sw, contiguous = _launch_args(cams)
+    block = min(max(_next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
+    with _on_device(cams):
+        partial, _, n_chunks, _, _, _ = _partial_maxima(cams, n_chunks)
+        _cam_norm_seeds_kernel[(batch, math.ceil(n_pixels / block))](
+            cams, partial, labels, n_pixels, k_, w_, sb, sk, sh, sw, n_chunks, float(eps), float(bg_threshold),
+            PLANE_CONTIGUOUS=contiguous, BLOCK=block, CHUNKS_BLOCK=max(2, _next_pow2(n_chunks)),
+            num_warps=4 if block <= 512 else 8,
+        )  # fmt: skip
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration and public entry points
+# ----------------------------------------------------------------------------------------------------------
+
 _IMPLEMENTATIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "reference": cam_norm_reference,
 }
+_SEEDS_IMPLEMENTATIONS: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
+    "reference": cam_norm_seeds_reference,
+}
+if triton is not None:
+    _IMPLEMENTATIONS["triton"] = _cam_norm_triton
+    _SEEDS_IMPLEMENTATIONS["triton"] = _cam_norm_seeds_triton
+_IMPLEMENTATIONS["cuda"] = cam_norm_cuda  # runs only where fastwsss._C is built (see kernels/dispatch.py)
 register_backends(OP, _IMPLEMENTATIONS)
+register_backends(OP_SEEDS, _SEEDS_IMPLEMENTATIONS)
 
 
 def cam_norm(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Public entry point: same result as `cam_norm_reference`, on the backend `kernel_backend` picks."""
     _check(cams)
     return _IMPLEMENTATIONS[kernel_backend(cams, OP)](cams, eps)
+
+
+def cam_norm_seeds(cams: torch.Tensor, bg_threshold: float, eps: float = 1e-5) -> torch.Tensor:
+    """Public entry point: same result as `cam_norm_seeds_reference`, on the backend `kernel_backend` picks."""
+    _check(cams)
+    return _SEEDS_IMPLEMENTATIONS[kernel_backend(cams, OP_SEEDS)](cams, bg_threshold, eps)

@@ -8,21 +8,32 @@ same result is 2^exp_times sparse steps x <- x T with O((2D + 1) n) memory, neve
 
 Layout of the op module: `random_walk_reference_dense` is IRNet's dense computation, a test oracle for small
 grids only. `random_walk_reference` is the production PyTorch path and the "reference" backend: it calls
-`transition_taps` (the sparse T) and `apply_taps` (the steps). A Triton or CUDA kernel mirrors `apply_taps`
-on the same tap layout; add it as `_random_walk_triton` / `_random_walk_cuda` and list it in
-`_IMPLEMENTATIONS`. The public `random_walk` asks `kernel_backend` which one runs.
+`transition_taps` (the sparse T) and `apply_taps` (the steps). `_random_walk_triton` (the "triton" backend,
+registered when triton imports) mirrors both on the same tap layout: `_transition_taps_triton` (kernel 1, the
+fused taps) and `_apply_taps_triton` (kernel 2, one launch per step); see the comment above them for the
+design. A CUDA kernel would be `_random_walk_cuda`, listed in `_IMPLEMENTATIONS`. The public `random_walk`
+asks `kernel_backend` which one runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from fastwsss.affinity import half_disc_directions, pair_indices, pair_valid_mask, path_max_affinity
-from fastwsss.kernels.dispatch import kernel_backend, register_backends
+from fastwsss.affinity import (
+    half_disc_directions,
+    pair_indices,
+    pair_valid_mask,
+    path_max_affinity,
+    path_offsets,
+)
+from fastwsss.kernels.cuda_ext import random_walk_steps_cuda
+from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends
 
 OP = "random_walk"
 DENSE_MAX_PIXELS = 4096
@@ -197,15 +208,336 @@ def random_walk_reference_dense(
     return (x @ trans).view(classes, height, width)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Triton backend. Design (explicit): two kernels, never an n x n matrix, O((2D + 1) n + 2 B K n) memory.
+#
+# Kernel 1 `_taps_kernel`, grid (pixel blocks, B), one launch: the whole `transition_taps`. The edge map is
+#   padded by r - 1 with 1.0 (as `path_max_affinity` reads outside the image), so every path point of every pair
+#   touching an in-image pixel has an address inside the buffer. A program owns BLOCK_P pixels and holds two
+#   (BLOCK_D directions, BLOCK_P pixels) register tiles: the forward pairs j -> j + d and the backward pairs
+#   j - d -> j. Each is the running maximum of the edge along the direction's lattice path (`path_offsets`, as a
+#   (D, L) table of flat offsets padded with the source point: max is idempotent); then A^beta = exp2(beta *
+#   log2(1 - max)) (0 where 1 - max <= 0), zeroed where the pair leaves the image (the reference's
+#   `pair_valid_mask` and zero-padded backward shift; redundant with the 1.0 padding, which then lies on the
+#   path, but kept to mirror the reference); the column sum 1 + sum fwd + sum bwd is reduced in
+#   registers and the normalised weights are stored in `transition_taps`' (B, 2D + 1, h, w) layout.
+# Kernel 2 `_step_kernel`: ONE LAUNCH PER STEP, grid (pixel blocks, class blocks, B), ping-pong between two
+#   (B, K, h + 2(r-1), w + 2(r-1)) buffers whose zero border stands for "outside the image" (as in `apply_taps`),
+#   so a tap is one flat offset and one gather. A program computes a (BLOCK_K classes, BLOCK_P pixels) tile as
+#   sum_t weights[t] * x[pixel + offset_t], reading each tap's weights once for its BLOCK_K classes. Chosen over
+#   a persistent program per (image, class block) because one step's grid already fills a GPU on real grids
+#   (94 x 125, 21 classes: ~280 programs) and it needs no synchronisation through global memory inside a
+#   program; the price is 2^exp_times launches (256 by default, vs the reference's 69 torch ops per step). No
+#   CUDA-graph capture: pseudo-label grids differ per image, so a captured graph would rarely be replayed.
+# Every load and store is masked (pixel < n, class < K, direction < D); masked-in addresses are in bounds by
+# the padding above. Trip counts (taps, directions, path length) are constexpr: one compilation per radius, and
+# the triton 3.6 interpreter cannot take a runtime loop bound under numpy 2.
+# --------------------------------------------------------------------------------------------------------------
+
+try:  # the module must import (and the reference run) without triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton is installed wherever the tests run
+    triton = None
+    tl = None
+
+TAPS_TILE = 4096  # kernel 1: BLOCK_D * BLOCK_P, the (directions x pixels) register tile of one program
+STEP_BLOCK_K = 8  # kernel 2: classes per program (fewer when K is smaller)
+STEP_BLOCK_P = 128  # kernel 2: pixels per program (fewer on tiny grids)
+TAPS_NUM_WARPS = 8
+STEP_NUM_WARPS = 4
+
+
+def _next_pow2(value: int) -> int:
+    return 1 << max(0, int(value) - 1).bit_length()
+
+
+@functools.cache
+def _direction_tables(radius: int, padded_width: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """(dy, dx) per direction, and per direction its L path points as flat offsets in a row of `padded_width`.
+
+    Paths shorter than L are padded with offset 0 (the source, which every path contains). At least one row
+    each, so that the kernels never receive an empty table (radius 1 has no directions).
+    """
+    directions = half_disc_directions(radius)
+    paths = [path_offsets(d) for d in directions]
+    length = max((len(path) for path in paths), default=1)
+    flat_dirs: list[int] = []
+    flat_paths: list[int] = []
+    for direction, path in zip(directions, paths, strict=True):
+        flat_dirs += list(direction)
+        flat_paths += [y * padded_width + x for y, x in path] + [0] * (length - len(path))
+    if not directions:
+        flat_dirs, flat_paths = [0, 0], [0] * length
+    return tuple(flat_dirs), tuple(flat_paths), length
+
+
+def _int_table(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _taps_kernel(
+        edge_ptr,  # (B, h + 2 pad, w + 2 pad) boundary map padded with 1.0, compute dtype, contiguous
+        beta_ptr,  # (1,) beta in the compute dtype
+        dir_ptr,  # (D, 2) int32 half-disc directions (dy, dx)
+        path_ptr,  # (D, L) int32 path points as flat offsets in the padded map, padded with 0
+        w_ptr,  # (B, 2D + 1, h, w) output weights, compute dtype, contiguous
+        height,
+        width,
+        pad,
+        N_DIRS: tl.constexpr,
+        PATH_LEN: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):
+        pid_p = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        n = height * width
+        padded_width = width + 2 * pad
+        pix = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = pix < n
+        y = pix // width
+        x = pix % width
+        d = tl.arange(0, BLOCK_D)
+        dmask = d < N_DIRS
+        dy = tl.load(dir_ptr + 2 * d, mask=dmask, other=0)
+        dx = tl.load(dir_ptr + 2 * d + 1, mask=dmask, other=0)
+        tile_mask = dmask[:, None] & pmask[None, :]
+        # The pair (j, j + d) is in the image iff j + d is; the pair (j - d, j) iff j - d is (dy >= 0).
+        fwd_valid = tile_mask & ((y[None, :] + dy[:, None]) < height)
+        fwd_valid = fwd_valid & ((x[None, :] + dx[:, None]) >= 0) & ((x[None, :] + dx[:, None]) < width)
+        bwd_valid = tile_mask & ((y[None, :] - dy[:, None]) >= 0)
+        bwd_valid = bwd_valid & ((x[None, :] - dx[:, None]) >= 0) & ((x[None, :] - dx[:, None]) < width)
+
+        # Running maximum of the edge along each path, from the pair's source: j for forward pairs, j - d for
+        # backward pairs. Masked-in addresses stay inside the padded map (paths span at most r - 1 each way).
+        edge_base = edge_ptr + b * (height + 2 * pad) * padded_width
+        center = (y + pad) * padded_width + (x + pad)
+        fwd_src = center[None, :] + 0 * d[:, None]
+        bwd_src = fwd_src - (dy * padded_width + dx)[:, None]
+        fwd_peak = tl.load(edge_base + fwd_src, mask=tile_mask, other=1.0)
+        bwd_peak = tl.load(edge_base + bwd_src, mask=tile_mask, other=1.0)
+        for i in range(0, PATH_LEN):
+            step = tl.load(path_ptr + d * PATH_LEN + i, mask=dmask, other=0)[:, None]
+            fwd_peak = tl.maximum(fwd_peak, tl.load(edge_base + (fwd_src + step), mask=tile_mask, other=1.0))
+            bwd_peak = tl.maximum(bwd_peak, tl.load(edge_base + (bwd_src + step), mask=tile_mask, other=1.0))
+
+        # A^beta = exp2(beta * log2(1 - max)) where 1 - max > 0, else 0; zero for pairs leaving the image.
+        beta = tl.load(beta_ptr)
+        fwd_aff = 1.0 - fwd_peak
+        fwd_pos = fwd_valid & (fwd_aff > 0)
+        fwd = tl.where(fwd_pos, tl.exp2(beta * tl.log2(tl.where(fwd_pos, fwd_aff, 1.0))), 0.0)
+        bwd_aff = 1.0 - bwd_peak
+        bwd_pos = bwd_valid & (bwd_aff > 0)
+        bwd = tl.where(bwd_pos, tl.exp2(beta * tl.log2(tl.where(bwd_pos, bwd_aff, 1.0))), 0.0)
+
+        colsum = 1.0 + tl.sum(fwd, axis=0) + tl.sum(bwd, axis=0)
+        w_base = w_ptr + b * (2 * N_DIRS + 1) * n
+        tl.store(w_base + pix, 1.0 / colsum, mask=pmask)
+        rows = (1 + d)[:, None] * n + pix[None, :]
+        tl.store(w_base + rows, fwd / colsum[None, :], mask=tile_mask)
+        tl.store(w_base + N_DIRS * n + rows, bwd / colsum[None, :], mask=tile_mask)
+
+    @triton.jit
+    def _step_kernel(
+        src_ptr,  # (B, K, h + 2 pad, w + 2 pad) x with a zero border, compute dtype, contiguous
+        dst_ptr,  # the same shape, a different buffer: its interior receives x T
+        w_ptr,  # (B, taps, h, w) weights of transition_taps, compute dtype, contiguous
+        off_ptr,  # (taps,) int32 tap offsets dy * (w + 2 pad) + dx; tap 0 is the pixel itself
+        classes,
+        height,
+        width,
+        pad,
+        N_TAPS: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):
+        pid_p = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        n = height * width
+        padded_width = width + 2 * pad
+        plane = (height + 2 * pad) * padded_width
+        pix = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = pix < n
+        center = (pix // width + pad) * padded_width + (pix % width + pad)
+        k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        kmask = k < classes
+        tile_mask = kmask[:, None] & pmask[None, :]
+        offsets = ((b * classes + k.to(tl.int64)) * plane)[:, None] + center[None, :]
+        src_ptrs = src_ptr + offsets
+        w_ptrs = w_ptr + b * N_TAPS * n + pix
+
+        acc = tl.load(w_ptrs, mask=pmask, other=0.0)[None, :] * tl.load(src_ptrs, mask=tile_mask, other=0.0)
+        for t in range(1, N_TAPS):
+            shift = tl.load(off_ptr + t)
+            weight = tl.load(w_ptrs + t * n, mask=pmask, other=0.0)
+            acc += weight[None, :] * tl.load(src_ptrs + shift, mask=tile_mask, other=0.0)
+        tl.store(dst_ptr + offsets, acc, mask=tile_mask)
+
+
+def _require_triton() -> None:
+    if triton is None:
+        raise RuntimeError("the triton backend of random_walk needs triton, which is not installed")
+
+
+def _device_context(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _transition_taps_triton(edge: torch.Tensor, beta: float, radius: int) -> tuple[Offsets, torch.Tensor]:
+    """Kernel 1: `transition_taps` in one Triton launch, with its (offsets, weights) contract and layout.
+
+    Weights are computed in `_compute_dtype(edge.dtype)`. A^beta is exp2(beta * log2(A)): torch's pow up to
+    rounding (on a GPU the fp32 exp2 is the fast approximation, ~1e-6 relative). Boundary probabilities are
+    in [0, 1]; an edge above 1 (A < 0) gives weight 0 here, where torch.pow gives |A|^beta or NaN.
+    """
+    _require_triton()
+    edge = edge if edge.dim() == 4 else edge.unsqueeze(1)
+    dtype = _compute_dtype(edge.dtype)
+    batch, _, height, width = edge.shape
+    directions = half_disc_directions(radius)
+    offsets = [(0, 0)] + list(directions) + [(-dy, -dx) for dy, dx in directions]
+    weights = torch.empty(batch, len(offsets), height, width, dtype=dtype, device=edge.device)
+    if weights.numel() == 0:
+        return offsets, weights
+    pad = radius - 1
+    padded = F.pad(edge.detach().to(dtype), (pad, pad, pad, pad), mode="constant", value=1.0).contiguous()
+    flat_dirs, flat_paths, path_len = _direction_tables(radius, width + 2 * pad)
+    n = height * width
+    block_d = _next_pow2(max(1, len(directions)))
+    block_p = max(16, min(_next_pow2(n), TAPS_TILE // block_d))
+    with _device_context(padded):
+        _taps_kernel[(triton.cdiv(n, block_p), batch)](
+            padded,
+            torch.tensor([beta], dtype=dtype, device=edge.device),
+            _int_table(flat_dirs, edge.device),
+            _int_table(flat_paths, edge.device),
+            weights,
+            height,
+            width,
+            pad,
+            N_DIRS=len(directions),
+            PATH_LEN=path_len,
+            BLOCK_D=block_d,
+            BLOCK_P=block_p,
+            num_warps=TAPS_NUM_WARPS,
+        )
+    return offsets, weights
+
+
+@torch.no_grad()
+def _apply_taps_triton(
+    x: torch.Tensor, offsets: Sequence[tuple[int, int]], weights: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """Kernel 2: `apply_taps` as one `_step_kernel` launch per step, ping-pong between two zero-bordered buffers.
+
+    `x`: (B, K, h, w); `weights`: (B, taps, h, w), cast to x's dtype; offsets[0] must be (0, 0). Returns a new
+    contiguous tensor (x is not modified).
+    """
+    _require_triton()
+    if tuple(offsets[0]) != (0, 0):
+        raise ValueError(f"tap 0 must be the pixel itself (0, 0), got {offsets[0]}")
+    batch, classes, height, width = x.shape
+    if steps == 0 or x.numel() == 0:
+        return x.clone(memory_format=torch.contiguous_format)
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded_width = width + 2 * pad
+    buffers = [x.new_zeros(batch, classes, height + 2 * pad, padded_width) for _ in range(2)]
+    buffers[0][:, :, pad : pad + height, pad : pad + width] = x
+    weights = weights.to(x.dtype).contiguous()
+    table = _int_table([dy * padded_width + dx for dy, dx in offsets], x.device)
+    n = height * width
+    block_k = min(STEP_BLOCK_K, _next_pow2(classes))
+    block_p = max(16, min(STEP_BLOCK_P, _next_pow2(n)))
+    grid = (triton.cdiv(n, block_p), triton.cdiv(classes, block_k), batch)
+    src, dst = buffers
+    with _device_context(x):
+        for _ in range(steps):
+            _step_kernel[grid](
+                src,
+                dst,
+                weights,
+                table,
+                classes,
+                height,
+                width,
+                pad,
+                N_TAPS=len(offsets),
+                BLOCK_K=block_k,
+                BLOCK_P=block_p,
+                num_warps=STEP_NUM_WARPS,
+            )
+            src, dst = dst, src
+    return src[:, :, pad : pad + height, pad : pad + width].contiguous()
+
+
+@torch.no_grad()
+def _random_walk_triton(
+    cams: torch.Tensor, edge: torch.Tensor, beta: float = 10.0, exp_times: int = 8, radius: int = 5
+) -> torch.Tensor:
+    """The "triton" backend: `random_walk_reference`'s contract (shapes, dtypes, fp32 accumulation), two kernels.
+
+    Kernel 1 (`_transition_taps_triton`) builds the column-normalised A^beta taps from the boundary map in one
+    launch; x = cams * (1 - edge) is one torch op; kernel 2 (`_apply_taps_triton`) runs the 2^exp_times steps,
+    ONE LAUNCH PER STEP with ping-pong buffers (not a persistent kernel, no CUDA graph: see the design comment
+    above `_taps_kernel`). Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (the tests).
+    """
+    _check(cams, edge, beta, exp_times, radius)
+    _require_triton()
+    squeeze = cams.dim() == 3
+    x = cams.unsqueeze(0) if squeeze else cams
+    batch, _, height, width = x.shape
+    dtype = _compute_dtype(cams.dtype)
+    edge4 = edge.detach().reshape(batch, 1, height, width).to(dtype)
+    offsets, weights = _transition_taps_triton(edge4, beta, radius)
+    out = _apply_taps_triton(x.detach().to(dtype) * (1.0 - edge4), offsets, weights, 2**exp_times)
+    out = out.to(cams.dtype)
+    return out.squeeze(0) if squeeze else out
+
+
+@torch.no_grad()
+def _random_walk_cuda(
+    cams: torch.Tensor, edge: torch.Tensor, beta: float = 10.0, exp_times: int = 8, radius: int = 5
+) -> torch.Tensor:
+    """The "cuda" backend (csrc/random_walk.cu via fastwsss._C): the taps from Triton's kernel 1 where triton
+    is installed (else `transition_taps`), then the 2^exp_times steps in hand-written CUDA, fp32."""
+    _check(cams, edge, beta, exp_times, radius)
+    squeeze = cams.dim() == 3
+    x = cams.unsqueeze(0) if squeeze else cams
+    batch, _, height, width = x.shape
+    edge4 = edge.detach().reshape(batch, 1, height, width).float()
+    taps = _transition_taps_triton if triton is not None else transition_taps
+    offsets, weights = taps(edge4, beta, radius)
+    out = random_walk_steps_cuda(x.detach().float() * (1.0 - edge4), offsets, weights, 2**exp_times).to(cams.dtype)
+    return out.squeeze(0) if squeeze else out
+
+
 _IMPLEMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float, int, int], torch.Tensor]] = {
     "reference": random_walk_reference,
 }
+if triton is not None:
+    _IMPLEMENTATIONS["triton"] = _random_walk_triton
+_IMPLEMENTATIONS["cuda"] = _random_walk_cuda  # runs only where fastwsss._C is built (see kernels/dispatch.py)
 register_backends(OP, _IMPLEMENTATIONS)
 
 
 def random_walk(
     cams: torch.Tensor, edge: torch.Tensor, beta: float = 10.0, exp_times: int = 8, radius: int = 5
 ) -> torch.Tensor:
-    """Public entry point: same result as `random_walk_reference`, on the backend `kernel_backend` picks."""
+    """Public entry point: same result as `random_walk_reference`, on the backend `kernel_backend` picks.
+
+    The CUDA extension computes in fp32, so float64 inputs go to the next backend when the choice is
+    automatic (Triton keeps fp64); forcing FASTWSSS_KERNELS=cuda with float64 inputs is a TypeError.
+    """
     _check(cams, edge, beta, exp_times, radius)
-    return _IMPLEMENTATIONS[kernel_backend(cams, OP)](cams, edge, beta, exp_times, radius)
+    backend = kernel_backend(cams, OP)
+    if backend == "cuda" and torch.float64 in (cams.dtype, edge.dtype):
+        if forced_backend() == "cuda":
+            raise TypeError("FASTWSSS_KERNELS=cuda: the CUDA random walk computes in float32; got float64 inputs")
+        backend = "triton" if "triton" in _IMPLEMENTATIONS else "reference"
+    return _IMPLEMENTATIONS[backend](cams, edge, beta, exp_times, radius)

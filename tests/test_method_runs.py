@@ -8,7 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from fastwsss.cli import app
 from fastwsss.config import SynthConfig, get_preset
 from fastwsss.data.base import read_label_png
 from fastwsss.data.palette import save_mask_png
@@ -76,6 +78,10 @@ def test_conta_end_to_end_and_m_follows_the_previous_round(tmp_path) -> None:
     rows = run.metrics()
     for t in (0, 1):
         assert {r["stage"] for r in rows if r.get("round") == t} >= {"cls", "cam", "pseudo", "seg"}
+    scored = CliRunner().invoke(app, ["eval", str(run.path)])
+    assert scored.exit_code == 0, scored.output
+    rescored = open_run_dir(run.path).metrics()[len(rows):]
+    assert {(r["stage"], r["round"]) for r in rescored} >= {("cam", 0), ("cam", 1), ("seg", 0), ("seg", 1)}
 
     # Change round 0's predictions: round 1's X_m and C, and so M_1, must change with them.
     config = open_run_dir(run.path).load_config()

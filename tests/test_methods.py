@@ -128,8 +128,10 @@ class TestConta:
         logits = model(torch.randn(2, 3, 32, 32), torch.rand(2, 16))
         F.multilabel_soft_margin_loss(logits, torch.tensor([[1.0, 0, 1], [0, 1, 0]])).backward()
         assert model.attention.w1.grad.abs().sum() > 0 and model.attention.w2.grad.abs().sum() > 0
-        head_group = model.param_groups()[1]["params"]
-        assert any(p is model.attention.w1 for p in head_group) and any(p is model.attention.w2 for p in head_group)
+        groups = model.param_groups()
+        assert [g["name"] for g in groups] == ["backbone", "head", "attention"] and "lr_mult" not in groups[2]
+        assert groups[2]["params"][0] is model.attention.w1 and groups[2]["params"][1] is model.attention.w2
+        assert ContextClassifier(net, model.attention, 50.0).param_groups()[2]["lr_mult"] == 50.0
 
     @pytest.mark.parametrize("extra_at", ["block2", "block3", "block4", "dense"])
     def test_inner_blocks_widen_with_zero_weights(self, extra_at: str) -> None:
@@ -170,3 +172,17 @@ def test_context_leakage_counts_hot_mass_on_context() -> None:
     assert ContextLeakageMeter(0.2).value() is None
     with pytest.raises(ValueError, match="disagree"):
         meter.update(cams, np.zeros((3, 3)))
+
+
+def test_optimizer_groups_take_their_multipliers() -> None:
+    from types import SimpleNamespace
+
+    from fastwsss.stages.cls import make_optimizer, with_multipliers
+
+    net = CAMNet("resnet18_quarter", 3, extra_channels=1, freeze_bn=False, detach_early=False)
+    model = ContextClassifier(net, ConfounderAttention(torch.rand(3, 16)), attention_lr_mult=30.0)
+    ctx = SimpleNamespace(config=get_preset("tiny"))
+    optimizer = make_optimizer(with_multipliers(model.param_groups(), 10.0), 0.01, ctx)
+    assert [g["initial_lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.1, 0.3])
+    plain = make_optimizer(with_multipliers(ContextClassifier(net, model.attention).param_groups(), 10.0), 0.01, ctx)
+    assert [g["lr"] for g in plain.param_groups] == pytest.approx([0.01, 0.1, 0.1])

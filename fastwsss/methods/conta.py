@@ -89,20 +89,25 @@ class ConfounderAttention(nn.Module):
 class ContextClassifier(nn.Module):
     """s = f([X, M_t]): a CAMNet with one extra channel, fed by `ConfounderAttention` of the image's X_m."""
 
-    def __init__(self, net: CAMNet, attention: ConfounderAttention) -> None:
+    def __init__(self, net: CAMNet, attention: ConfounderAttention, attention_lr_mult: float | None = None) -> None:
         super().__init__()
         if net.extra_channels != 1:
             raise ValueError(f"CONTA's CAMNet needs extra_channels=1, got {net.extra_channels}")
         self.net = net
         self.attention = attention
+        self.attention_lr_mult = attention_lr_mult
 
     def forward(self, image: torch.Tensor, xm: torch.Tensor) -> torch.Tensor:
         return self.net(image, self.attention(xm))
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """[backbone, head + W1/W2]: the attention is new like the head, so it takes the head's lr."""
+        """[backbone, head, attention (W1, W2)]; the attention takes the head's lr unless `attention_lr_mult`
+        (a multiple of the base lr) is given."""
         backbone, head = self.net.param_groups()
-        return [backbone, {**head, "params": [*head["params"], *self.attention.parameters()]}]
+        attention: dict[str, Any] = {"name": "attention", "params": list(self.attention.parameters())}
+        if self.attention_lr_mult is not None:
+            attention["lr_mult"] = self.attention_lr_mult
+        return [backbone, head, attention]
 
 
 class MaskTable:

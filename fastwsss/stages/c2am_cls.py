@@ -14,7 +14,7 @@ from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.methods.c2am import c2am_loss, logit_constants
 from fastwsss.models.cam_net import CAMNet, load_cam_net, save_checkpoint
-from fastwsss.stages.cls import make_optimizer
+from fastwsss.stages.cls import make_optimizer, with_multipliers
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.global_cam import load_global_cam
 from fastwsss.training import TrainJob, run_epochs
@@ -39,7 +39,7 @@ def run_c2am_cls(ctx: StageContext) -> None:
 
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
-        optimizer=make_optimizer(model.param_groups(), m.lr, m.head_lr_mult, ctx), dataset=dataset, epochs=m.epochs,
+        optimizer=make_optimizer(with_multipliers(model.param_groups(), m.head_lr_mult), m.lr, ctx), dataset=dataset, epochs=m.epochs,
         batch_size=m.batch_size, last_path=out / "last.pt", compute_loss=loss, hint="lower c2am.lr or check the global CAM",
     )
     steps = run_epochs(ctx, job)

@@ -57,15 +57,17 @@ def build_classifier(ctx: StageContext, num_classes: int, extra_channels: int = 
     )
 
 
-def make_optimizer(groups: list[dict[str, Any]], lr: float, head_lr_mult: float, ctx: StageContext) -> torch.optim.SGD:
-    """SGD over [backbone, head] groups, the head at lr x head_lr_mult; `initial_lr` drives the poly schedule."""
+def make_optimizer(groups: list[dict[str, Any]], lr: float, ctx: StageContext) -> torch.optim.SGD:
+    """SGD over parameter groups, each at lr x its "lr_mult" (default 1); `initial_lr` drives the poly schedule."""
     c = ctx.config.cls
-    backbone_group, head_group = groups
-    groups = [
-        {**backbone_group, "lr": lr, "initial_lr": lr},
-        {**head_group, "lr": lr * head_lr_mult, "initial_lr": lr * head_lr_mult},
-    ]
+    groups = [{**g, "lr": lr * g.get("lr_mult", 1.0), "initial_lr": lr * g.get("lr_mult", 1.0)} for g in groups]
     return torch.optim.SGD(groups, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+
+def with_multipliers(groups: list[dict[str, Any]], head_lr_mult: float) -> list[dict[str, Any]]:
+    """[backbone, head, ...] groups with the head's multiplier set (later groups keep theirs, else the head's)."""
+    backbone, head, *rest = groups
+    return [backbone, {**head, "lr_mult": head_lr_mult}, *({"lr_mult": head_lr_mult, **g} for g in rest)]
 
 
 def run_cls(ctx: StageContext) -> None:
@@ -79,7 +81,8 @@ def run_cls(ctx: StageContext) -> None:
     model: nn.Module = net
     if uses_context(ctx):
         confounders, table = load_confounders(ctx.run.path)
-        model = ContextClassifier(net, ConfounderAttention(confounders, seed=cfg.seed)).to(ctx.device)
+        attention = ConfounderAttention(confounders, seed=cfg.seed)
+        model = ContextClassifier(net, attention, cfg.conta.attention_lr_mult * c.head_lr_mult).to(ctx.device)
 
         def loss(sample: dict) -> torch.Tensor:
             xm = table.batch(sample["id"]).to(ctx.device)
@@ -91,7 +94,7 @@ def run_cls(ctx: StageContext) -> None:
 
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
-        optimizer=make_optimizer(model.param_groups(), c.lr, c.head_lr_mult, ctx), dataset=dataset, epochs=c.epochs,
+        optimizer=make_optimizer(with_multipliers(model.param_groups(), c.head_lr_mult), c.lr, ctx), dataset=dataset, epochs=c.epochs,
         batch_size=c.batch_size, last_path=out / "last.pt", compute_loss=loss, hint="lower cls.lr (--lr) or check the data",
     )
     steps = run_epochs(ctx, job)

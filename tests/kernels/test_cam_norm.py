@@ -1,18 +1,45 @@
-"""cam_norm against its reference and a direct loop; backend dispatch through FASTWSSS_KERNELS."""
+"""cam_norm and cam_norm_seeds against their references and a direct loop, the Triton kernels under
+TRITON_INTERPRET=1 (tests/conftest.py), backend dispatch through FASTWSSS_KERNELS."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
+import numpy as np
 import pytest
 import torch
 
+from fastwsss.cam_inference import cam_seed_mask
 from fastwsss.errors import ConfigError
+from fastwsss.kernels import cam_norm as cam_norm_module
 from fastwsss.kernels import dispatch
-from fastwsss.kernels.cam_norm import cam_norm, cam_norm_reference
+from fastwsss.kernels.cam_norm import cam_norm, cam_norm_reference, cam_norm_seeds, cam_norm_seeds_reference
 from fastwsss.kernels.dispatch import kernel_backend, register_backends, registered_backends
 
 # Output tolerance per dtype, relative to values in [0, 1]: one rounding of the fp32 result to the dtype.
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 SHAPES = [(1, 1, 1, 1), (2, 1, 7, 5), (1, 20, 13, 17), (3, 80, 9, 11), (2, 4, 1, 33), (1, 3, 64, 1)]
+
+HAS_TRITON = "triton" in cam_norm_module._IMPLEMENTATIONS
+requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+# Shapes for the Triton interpreter (~1 ms per program instance): every case runs a handful of programs.
+TRITON_SHAPES = [
+    (1, 1, 1, 1),
+    (2, 1, 7, 5),
+    (1, 20, 13, 17),
+    (3, 80, 3, 5),
+    (2, 4, 1, 33),
+    (1, 3, 64, 1),
+    (1, 2, 45, 47),
+]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Triton vs the reference. fp32: the kernel computes exactly the reference's fp32 operations (max, + eps,
+# IEEE-rounded division), so it is exact in practice; 1e-6 leaves room for a 2-ulp division. fp16: one ulp at
+# 1.0 (the fp32 results are equal, the downcast may differ at most by one rounding). bf16: the interpreter
+# truncates fp32 -> bf16 instead of rounding to nearest, one bf16 ulp (3.9e-3 below 1.0). fp64 is computed
+# in fp32 like the reference.
+TRITON_TOLERANCE = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-6}
 
 
 def direct_loop(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -81,8 +108,11 @@ def test_rejects_bad_input() -> None:
 
 class TestDispatch:
     def test_default_on_cpu_is_reference(self) -> None:
-        assert registered_backends("cam_norm") == ("reference",)
+        expected = ("reference", "triton") if HAS_TRITON else ("reference",)
+        assert registered_backends("cam_norm") == (*expected, "cuda")
+        assert registered_backends("cam_norm_seeds") == expected
         assert kernel_backend(torch.zeros(1), "cam_norm") == "reference"
+        assert kernel_backend(torch.zeros(1), "cam_norm_seeds") == "reference"
 
     def test_forcing_reference_works(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("FASTWSSS_KERNELS", "reference")
@@ -99,8 +129,10 @@ class TestDispatch:
         monkeypatch.setenv("FASTWSSS_KERNELS", "cuda")
         with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=cuda.*not a CUDA device"):
             kernel_backend(torch.zeros(1), op_all)
-        with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=cuda.*no cuda implementation"):
+        with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=cuda.*cam_norm.*not a CUDA device"):
             cam_norm(torch.rand(1, 1, 2, 2))
+        with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=cuda.*no cuda implementation"):
+            cam_norm_seeds(torch.rand(1, 1, 2, 2), 0.3)
 
     def test_forcing_triton_needs_interpreter_on_cpu(self, monkeypatch: pytest.MonkeyPatch, op_all: str) -> None:
         monkeypatch.setenv("FASTWSSS_KERNELS", "triton")
@@ -122,3 +154,230 @@ class TestDispatch:
         with pytest.raises(ValueError, match="among"):
             register_backends("_bad", ("reference", "opencl"))
         assert "_bad" not in dispatch._REGISTRY
+
+
+def random_cams(shape: tuple[int, ...], dtype: torch.dtype, seed: int | None = None) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(sum(shape) if seed is None else seed)
+    return (torch.randn(shape, generator=generator) * 3.0).to(dtype)
+
+
+def noncontiguous_views() -> list[torch.Tensor]:
+    """Awkward layouts: a crop (as cam_inference crops the padded maps), a transpose, channels-last, a broadcast."""
+    base = random_cams((2, 3, 20, 31), torch.float32, seed=7)
+    return [
+        base[..., 1:18, 2:29],
+        base.transpose(2, 3),
+        base.permute(1, 0, 2, 3)[:, :, ::3],
+        base[:, :, 1:6, 2:9].contiguous(memory_format=torch.channels_last),
+        base[:1, :1, :4, :9].expand(2, 3, 4, 9),
+    ]
+
+
+@requires_triton
+class TestCamNormTriton:
+    @pytest.mark.parametrize("shape", TRITON_SHAPES)
+    @pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+    def test_matches_reference_and_loop(self, shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+        cams = random_cams(shape, dtype)
+        out = cam_norm_module._cam_norm_triton(cams, 1e-5)
+        assert out.dtype == dtype and out.shape == cams.shape
+        torch.testing.assert_close(out, cam_norm_reference(cams), rtol=0, atol=TRITON_TOLERANCE[dtype])
+        torch.testing.assert_close(out.double(), direct_loop(cams), rtol=0, atol=TOLERANCE.get(dtype, 1e-6))
+        assert (out >= 0).all() and (out.float() <= 1).all()
+
+    @pytest.mark.parametrize("n_chunks", [2, 3, 40])
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_split_planes_match_reference(self, n_chunks: int, dtype: torch.dtype) -> None:
+        """The big-plane scheme (partial maxima, then scale per chunk), forced on small planes; 40 > chunks."""
+        cams = random_cams((1, 2, 45, 47), dtype)
+        out = cam_norm_module._cam_norm_triton(cams, 1e-5, n_chunks=n_chunks)
+        torch.testing.assert_close(out, cam_norm_reference(cams), rtol=0, atol=TRITON_TOLERANCE[dtype])
+
+    @pytest.mark.parametrize("view", range(5))
+    @pytest.mark.parametrize("n_chunks", [None, 2])
+    def test_noncontiguous_input(self, view: int, n_chunks: int | None) -> None:
+        cams = noncontiguous_views()[view]
+        assert not cams.is_contiguous()
+        out = cam_norm_module._cam_norm_triton(cams, 1e-5, n_chunks=n_chunks)
+        assert out.shape == cams.shape
+        torch.testing.assert_close(out, cam_norm_reference(cams), rtol=0, atol=TRITON_TOLERANCE[torch.float32])
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("n_chunks", [None, 3])
+    def test_zero_and_negative_planes_give_zeros(self, dtype: torch.dtype, n_chunks: int | None) -> None:
+        positive = torch.rand(45, 47) + 0.5
+        cams = torch.stack([torch.zeros(45, 47), -torch.rand(45, 47) - 0.1, positive]).view(1, 3, 45, 47).to(dtype)
+        out = cam_norm_module._cam_norm_triton(cams, 1e-5, n_chunks=n_chunks)
+        assert torch.isfinite(out.float()).all()
+        assert (out[0, :2] == 0).all()
+        torch.testing.assert_close(out, cam_norm_reference(cams), rtol=0, atol=TRITON_TOLERANCE[dtype])
+
+    def test_single_pixel_and_eps(self) -> None:
+        cams = torch.tensor([3.0, -2.0, 0.0, 2e-5]).view(2, 2, 1, 1)
+        out = cam_norm_module._cam_norm_triton(cams, 1e-5)
+        torch.testing.assert_close(out.flatten(), torch.tensor([3.0 / (3.0 + 1e-5), 0.0, 0.0, 2 / 3]))
+
+    @pytest.mark.parametrize("shape", [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5), (2, 3, 4, 0)])
+    def test_empty_input(self, shape: tuple[int, int, int, int]) -> None:
+        out = cam_norm_module._cam_norm_triton(torch.zeros(shape), 1e-5)
+        assert out.shape == shape and out.dtype == torch.float32
+
+    def test_rejects_bad_input(self) -> None:
+        with pytest.raises(ValueError, match=r"\(B, K, H, W\)"):
+            cam_norm_module._cam_norm_triton(torch.rand(3, 4, 5), 1e-5)
+        with pytest.raises(TypeError, match="floating"):
+            cam_norm_module._cam_norm_triton(torch.ones(1, 1, 2, 2, dtype=torch.int64), 1e-5)
+
+
+def seed_mask_loop(cams: torch.Tensor, bg_threshold: float, eps: float = 1e-5) -> torch.Tensor:
+    """cam_seed_mask (the numpy seed argmax of cam_inference) on fp32 cam_norm maps, with keys = 0..K-1."""
+    normed = cam_norm_reference(cams.float(), eps)
+    keys = np.arange(cams.shape[1], dtype=np.int64)
+    masks = [cam_seed_mask(normed[b].numpy(), keys, bg_threshold).astype(np.int64) for b in range(cams.shape[0])]
+    return torch.from_numpy(np.stack(masks))
+
+
+def tie_cams() -> tuple[torch.Tensor, float, float, torch.Tensor]:
+    """(cams, bg_threshold, eps, expected labels) with exact ties: every plane's max + eps is 2.0."""
+    eps = 0.25
+    # Normalised values are cams / 2 (exact in every dtype). Plane 0 and 1 peak at 1.75 -> 0.875.
+    plane0 = torch.tensor([[1.75, 1.0, 1.0, 1.5, 0.5, -1.0, 1.25, 0.0]])
+    plane1 = torch.tensor([[1.75, 0.5, 1.5, 1.5, 0.5, -2.0, 1.75, 0.0]])
+    plane2 = torch.full((1, 8), -1.0)  # all negative: zeros after the normalisation
+    cams = torch.stack([plane0, plane1, plane2]).unsqueeze(0)
+    bg = 0.5
+    # pixel 0: 0.875 = 0.875 > bg -> class plane 0 (tie between classes goes low); 1: 0.5 = bg -> background;
+    # 2: 0.75 > 0.5 = bg -> plane 1; 3: 0.75 = 0.75 -> plane 0; 4: all 0.25 -> background; 5: 0 -> background;
+    # 6: 0.625 < 0.875 -> plane 1; 7: 0 -> background.
+    expected = torch.tensor([[[1, 0, 2, 1, 0, 0, 2, 0]]])
+    return cams, bg, eps, expected
+
+
+class TestCamNormSeedsReference:
+    @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 7, 5), (1, 20, 13, 17), (3, 80, 3, 5), (1, 2, 45, 47)])
+    @pytest.mark.parametrize("bg_threshold", [0.0, 0.3, 0.99])
+    def test_matches_cam_seed_mask(self, shape: tuple[int, int, int, int], bg_threshold: float) -> None:
+        cams = random_cams(shape, torch.float32)
+        labels = cam_norm_seeds_reference(cams, bg_threshold)
+        assert labels.dtype == torch.int64 and labels.shape == (shape[0], *shape[2:])
+        torch.testing.assert_close(labels, seed_mask_loop(cams, bg_threshold), rtol=0, atol=0)
+
+    def test_exact_ties(self) -> None:
+        cams, bg, eps, expected = tie_cams()
+        torch.testing.assert_close(cam_norm_seeds_reference(cams, bg, eps), expected, rtol=0, atol=0)
+        torch.testing.assert_close(seed_mask_loop(cams, bg, eps), expected, rtol=0, atol=0)
+
+    def test_public_function_on_cpu_is_the_reference(self) -> None:
+        cams = random_cams((2, 3, 5, 6), torch.float32)
+        torch.testing.assert_close(cam_norm_seeds(cams, 0.3), cam_norm_seeds_reference(cams, 0.3), rtol=0, atol=0)
+        with pytest.raises(ValueError, match=r"\(B, K, H, W\)"):
+            cam_norm_seeds(torch.rand(3, 4, 5), 0.3)
+
+
+@requires_triton
+class TestCamNormSeedsTriton:
+    @pytest.mark.parametrize("shape", TRITON_SHAPES)
+    @pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+    def test_matches_reference(self, shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+        cams = random_cams(shape, dtype)
+        labels = cam_norm_module._cam_norm_seeds_triton(cams, 0.3, 1e-5)
+        assert labels.dtype == torch.int64 and labels.shape == (shape[0], *shape[2:])
+        torch.testing.assert_close(labels, cam_norm_seeds_reference(cams, 0.3, 1e-5), rtol=0, atol=0)
+        if dtype == torch.float32:
+            torch.testing.assert_close(labels, seed_mask_loop(cams, 0.3), rtol=0, atol=0)
+
+    @pytest.mark.parametrize("n_chunks", [2, 3, 40])
+    def test_split_planes_match_reference(self, n_chunks: int) -> None:
+        cams = random_cams((2, 3, 45, 47), torch.float32)
+        labels = cam_norm_module._cam_norm_seeds_triton(cams, 0.2, 1e-5, n_chunks=n_chunks)
+        torch.testing.assert_close(labels, cam_norm_seeds_reference(cams, 0.2, 1e-5), rtol=0, atol=0)
+
+    @pytest.mark.parametrize("view", range(5))
+    def test_noncontiguous_input(self, view: int) -> None:
+        cams = noncontiguous_views()[view]
+        labels = cam_norm_module._cam_norm_seeds_triton(cams, 0.2, 1e-5)
+        torch.testing.assert_close(labels, cam_norm_seeds_reference(cams, 0.2, 1e-5), rtol=0, atol=0)
+
+    @pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+    @pytest.mark.parametrize("n_chunks", [None, 2])
+    def test_exact_ties(self, dtype: torch.dtype, n_chunks: int | None) -> None:
+        cams, bg, eps, expected = tie_cams()
+        labels = cam_norm_module._cam_norm_seeds_triton(cams.to(dtype), bg, eps, n_chunks=n_chunks)
+        torch.testing.assert_close(labels, expected, rtol=0, atol=0)
+
+    def test_threshold_extremes_and_negative_planes(self) -> None:
+        cams = torch.stack([-torch.rand(4, 5) - 0.1, torch.zeros(4, 5), -torch.rand(4, 5)]).unsqueeze(0)
+        # Every normalised value is 0: at threshold 0 all pixels tie with the background and stay background;
+        # below 0 the first class plane wins the tie among the classes; above every value all is background.
+        for bg, label in ((0.0, 0), (-1.0, 1), (1.0, 0)):
+            labels = cam_norm_module._cam_norm_seeds_triton(cams, bg, 1e-5)
+            assert (labels == label).all()
+            torch.testing.assert_close(labels, cam_norm_seeds_reference(cams, bg, 1e-5), rtol=0, atol=0)
+
+    @pytest.mark.parametrize("shape", [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5)])
+    def test_empty_input(self, shape: tuple[int, int, int, int]) -> None:
+        labels = cam_norm_module._cam_norm_seeds_triton(torch.rand(shape), 0.3, 1e-5)
+        assert labels.shape == (shape[0], *shape[2:]) and labels.dtype == torch.int64
+        assert (labels == 0).all()
+
+
+@requires_triton
+class TestTritonDispatch:
+    @pytest.fixture
+    def spies(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+        """Count calls of the Triton implementations behind the public functions."""
+        calls = {"cam_norm": 0, "cam_norm_seeds": 0}
+        triton_norm = cam_norm_module._IMPLEMENTATIONS["triton"]
+        triton_seeds = cam_norm_module._SEEDS_IMPLEMENTATIONS["triton"]
+
+        def norm_spy(*args: object) -> torch.Tensor:
+            calls["cam_norm"] += 1
+            return triton_norm(*args)
+
+        def seeds_spy(*args: object) -> torch.Tensor:
+            calls["cam_norm_seeds"] += 1
+            return triton_seeds(*args)
+
+        monkeypatch.setitem(cam_norm_module._IMPLEMENTATIONS, "triton", norm_spy)
+        monkeypatch.setitem(cam_norm_module._SEEDS_IMPLEMENTATIONS, "triton", seeds_spy)
+        return calls
+
+    def test_forced_triton_runs_the_kernels_on_cpu(self, monkeypatch: pytest.MonkeyPatch, spies: dict) -> None:
+        monkeypatch.setenv("FASTWSSS_KERNELS", "triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        cams = random_cams((2, 3, 7, 9), torch.float32)
+        assert kernel_backend(cams, "cam_norm") == "triton"
+        torch.testing.assert_close(cam_norm(cams), cam_norm_reference(cams), rtol=0, atol=1e-6)
+        torch.testing.assert_close(cam_norm_seeds(cams, 0.3), cam_norm_seeds_reference(cams, 0.3), rtol=0, atol=0)
+        assert spies == {"cam_norm": 1, "cam_norm_seeds": 1}
+
+    def test_default_on_cpu_does_not_run_triton(self, monkeypatch: pytest.MonkeyPatch, spies: dict) -> None:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        cams = random_cams((1, 2, 3, 4), torch.float32)
+        cam_norm(cams)
+        cam_norm_seeds(cams, 0.3)
+        assert spies == {"cam_norm": 0, "cam_norm_seeds": 0}
+
+    def test_forced_triton_without_interpreter_errors(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("FASTWSSS_KERNELS", "triton")
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=triton.*cam_norm.*TRITON_INTERPRET=1"):
+            cam_norm(torch.rand(1, 1, 2, 2))
+        with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=triton.*cam_norm_seeds.*TRITON_INTERPRET=1"):
+            cam_norm_seeds(torch.rand(1, 1, 2, 2), 0.3)
+
+
+def test_module_imports_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without triton the module imports and registers only the references (and the optional CUDA extension)."""
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    monkeypatch.setattr(dispatch, "_REGISTRY", dict(dispatch._REGISTRY))
+    spec = importlib.util.spec_from_file_location("_cam_norm_without_triton", cam_norm_module.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.triton is None
+    assert set(module._IMPLEMENTATIONS) == {"reference", "cuda"} and set(module._SEEDS_IMPLEMENTATIONS) == {"reference"}
+    assert registered_backends("cam_norm") == ("reference", "cuda")
+    assert registered_backends("cam_norm_seeds") == ("reference",)
+    cams = random_cams((1, 2, 3, 4), torch.float32)
+    torch.testing.assert_close(module.cam_norm(cams), cam_norm_reference(cams))

@@ -5,22 +5,35 @@ both paths drift from the exact value by rounding that grows linearly with the n
 (the walk averages, so errors neither cancel nor blow up; measured on these inputs with beta = 10: about
 1e-6 * 2^exp_times relative to the result's maximum, for IRNet's fp32 dense as well as for the sparse path).
 So fp32 is compared within max(1e-5, 2e-6 * 2^exp_times): 1e-5 up to 4 steps, 5.1e-4 at 256 steps.
+
+The Triton backend (run by the interpreter: conftest sets TRITON_INTERPRET=1) is compared with the reference:
+its taps (kernel 1) within rtol 1e-5 / atol 1e-6 in fp32 (exp2(beta log2 A) vs torch.pow, another summation
+order of the column sums) and 1e-12 in fp64, with exactly the same zeros; the whole walk within the fp32
+tolerance above (measured: <= 2e-6 at 8 steps); fp16/bf16 within about one output ulp (1e-3 / 8e-3).
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
-from fastwsss.kernels.dispatch import registered_backends
+from fastwsss.kernels import random_walk as random_walk_module
+from fastwsss.kernels.dispatch import kernel_backend, registered_backends
 from fastwsss.kernels.random_walk import (
     DENSE_MAX_PIXELS,
+    _random_walk_triton,
+    _transition_taps_triton,
     dense_transition_matrix,
     random_walk,
     random_walk_reference,
     random_walk_reference_dense,
     transition_taps,
 )
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 # (height, width, classes, beta, exp_times, radius)
 CASES = [
@@ -220,15 +233,167 @@ class TestChecks:
 
 
 class TestDispatch:
-    def test_only_reference_registered(self) -> None:
-        assert registered_backends("random_walk") == ("reference",)
+    def test_registered_backends(self) -> None:
+        expected = ("reference", "triton") if HAS_TRITON else ("reference",)
+        assert registered_backends("random_walk") == (*expected, "cuda")
+
+    def test_cpu_default_is_the_reference(self) -> None:
+        assert kernel_backend(torch.rand(1, 3, 3), "random_walk") == "reference"
 
     def test_forcing_reference_works(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("FASTWSSS_KERNELS", "reference")
         cams, edge = inputs(6, 7, 2, seed=4)
         torch.testing.assert_close(random_walk(cams, edge, exp_times=3), random_walk_reference(cams, edge, exp_times=3))
 
-    def test_forcing_triton_errors_clearly(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    @needs_triton
+    def test_forcing_triton_runs_the_kernel(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """FASTWSSS_KERNELS=triton through the public function (the interpreter: conftest sets TRITON_INTERPRET)."""
+        calls = []
+
+        def spy(*args: object) -> torch.Tensor:
+            calls.append(args)
+            return _random_walk_triton(*args)
+
+        monkeypatch.setitem(random_walk_module._IMPLEMENTATIONS, "triton", spy)
         monkeypatch.setenv("FASTWSSS_KERNELS", "triton")
-        with pytest.raises(RuntimeError, match="random_walk.*no triton implementation"):
+        cams, edge = inputs(6, 7, 2, seed=4)
+        out = random_walk(cams, edge, exp_times=1)
+        assert len(calls) == 1
+        assert out.shape == cams.shape and out.dtype == cams.dtype
+        assert relative_error(out, random_walk_reference(cams, edge, exp_times=1)) <= fp32_tolerance(1)
+
+    @needs_triton
+    def test_forcing_triton_without_a_gpu_or_interpreter_errors(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("FASTWSSS_KERNELS", "triton")
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with pytest.raises(RuntimeError, match="cannot run op 'random_walk' with triton.*TRITON_INTERPRET=1"):
             random_walk(torch.rand(1, 3, 3), torch.rand(3, 3))
+
+
+def walled_boundary_map(height: int, width: int, seed: int) -> torch.Tensor:
+    """`boundary_map` with exact 0.0 and 1.0 pixels: A = 0 (A^beta = 0, no log of 0) and A = 1 must both be exact."""
+    edge = boundary_map(height, width, seed)
+    generator = torch.Generator().manual_seed(seed + 2)
+    pick = torch.rand(height, width, generator=generator)
+    edge[pick < 0.1] = 1.0
+    edge[pick > 0.9] = 0.0
+    return edge
+
+
+@needs_triton
+class TestTritonTaps:
+    """Kernel 1 alone: the fused path-max / pow / normalisation against `transition_taps` (same layout)."""
+
+    @pytest.mark.parametrize(
+        ("batch", "height", "width", "radius"),
+        [
+            (1, 1, 1, 5),  # every neighbour outside the grid: only the self tap
+            (2, 7, 5, 5),  # a different edge per image
+            (1, 13, 17, 5),  # 221 pixels: several pixel blocks, the last partial
+            (1, 1, 19, 5),
+            (1, 19, 1, 5),
+            (1, 5, 3, 3),
+            (1, 6, 4, 2),
+            (1, 4, 5, 1),  # no directions: the self tap only
+        ],
+    )
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_matches_transition_taps(
+        self, batch: int, height: int, width: int, radius: int, dtype: torch.dtype
+    ) -> None:
+        edge = torch.stack([walled_boundary_map(height, width, seed=10 * b + height) for b in range(batch)])
+        edge = edge.to(dtype).unsqueeze(1)
+        offsets, expected = transition_taps(edge, 10.0, radius)
+        got_offsets, got = _transition_taps_triton(edge, 10.0, radius)
+        assert got_offsets == offsets
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        # The same zeros: pairs leaving the grid and pairs across a 1.0 wall (A^beta = 0 exactly).
+        assert torch.equal(got == 0, expected == 0)
+        if dtype == torch.float32:  # exp2(beta * log2 A) vs torch.pow, another summation order of the column
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+    def test_accepts_the_unbatched_edge_layout_and_other_beta(self) -> None:
+        edge = walled_boundary_map(8, 6, seed=3)
+        _, expected = transition_taps(edge.unsqueeze(0), 2.5, 5)
+        _, got = _transition_taps_triton(edge.unsqueeze(0), 2.5, 5)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+# (batch or None for (K, h, w) cams, classes, height, width, exp_times, radius). Every step is a launch and the
+# interpreter costs milliseconds per program, so grids stay at a few programs and step counts low.
+TRITON_CASES = [
+    (None, 3, 1, 1, 1, 5),  # 1 x 1 grid
+    (None, 1, 7, 5, 3, 5),  # 1 class, odd sizes
+    (None, 2, 13, 17, 3, 5),  # 221 pixels: two pixel blocks, the last partial
+    (None, 20, 6, 9, 1, 5),  # 20 classes on a small grid: three class blocks, the last partial
+    (2, 3, 9, 11, 3, 5),  # B > 1 with a different edge per image
+    (3, 2, 5, 7, 0, 5),  # exp_times 0: a single step
+    (None, 2, 1, 19, 1, 5),
+    (None, 1, 19, 1, 1, 5),
+    (None, 3, 11, 14, 1, 3),
+    (None, 2, 5, 6, 1, 1),  # radius 1: the identity
+]
+
+
+def triton_inputs(batch: int | None, classes: int, height: int, width: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    if batch is None:
+        return torch.rand(classes, height, width, generator=generator), walled_boundary_map(height, width, seed)
+    cams = torch.rand(batch, classes, height, width, generator=generator)
+    edges = torch.stack([walled_boundary_map(height, width, seed + 7 * b) for b in range(batch)])
+    return cams, edges
+
+
+@needs_triton
+class TestTritonWalk:
+    """The whole Triton walk (kernel 1 + the per-step kernel 2) against `random_walk_reference`."""
+
+    @pytest.mark.parametrize(("batch", "classes", "height", "width", "exp_times", "radius"), TRITON_CASES)
+    def test_matches_reference(
+        self, batch: int | None, classes: int, height: int, width: int, exp_times: int, radius: int
+    ) -> None:
+        cams, edge = triton_inputs(batch, classes, height, width, seed=height * 100 + width)
+        out = _random_walk_triton(cams, edge, 10.0, exp_times, radius)
+        expected = random_walk_reference(cams, edge, 10.0, exp_times, radius)
+        assert out.shape == cams.shape and out.dtype == torch.float32
+        assert relative_error(out, expected) <= fp32_tolerance(exp_times)
+
+    def test_batched_edge_layouts_and_per_image_edges(self) -> None:
+        cams, edges = triton_inputs(2, 3, 9, 11, seed=5)
+        out = _random_walk_triton(cams, edges, 10.0, 1, 5)
+        torch.testing.assert_close(_random_walk_triton(cams, edges.unsqueeze(1), 10.0, 1, 5), out, rtol=0, atol=0)
+        for b in range(2):  # image b walks on its own edge map, not on image 0's
+            single = random_walk_reference(cams[b], edges[b], 10.0, 1, 5)
+            assert relative_error(out[b], single) <= fp32_tolerance(1)
+        assert not torch.allclose(out[1], random_walk_reference(cams[1], edges[0], 10.0, 1, 5), rtol=1e-3)
+
+    def test_non_contiguous_inputs_and_an_edge_from_a_graph(self) -> None:
+        cams, edge = triton_inputs(None, 2, 7, 6, seed=12)
+        cams_t, edge_t = cams.transpose(-1, -2), edge.T.clone().requires_grad_(True)
+        out = _random_walk_triton(cams_t, edge_t, 10.0, 1, 5)
+        assert not out.requires_grad
+        expected = random_walk_reference(cams_t.contiguous(), edge_t.detach().contiguous(), 10.0, 1, 5)
+        assert relative_error(out, expected) <= fp32_tolerance(1)
+
+    def test_fp64_is_exact(self) -> None:
+        cams, edge = triton_inputs(None, 2, 7, 9, seed=3)
+        cams, edge = cams.double(), edge.double()
+        out = _random_walk_triton(cams, edge, 10.0, 2, 5)
+        assert out.dtype == torch.float64
+        assert relative_error(out, random_walk_reference(cams, edge, 10.0, 2, 5)) <= 1e-12
+        exact = random_walk_reference_dense(cams, edge, 10.0, 2, 5, dtype=torch.float64)
+        assert relative_error(out, exact) <= 1e-10
+
+    @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
+    def test_half_precision_inputs_accumulate_in_fp32(self, dtype: torch.dtype, tolerance: float) -> None:
+        """fp16/bf16 in and out, fp32 inside: both backends round the same fp32 result to the output dtype, so
+        they differ by at most about one output ulp (fp16: 2^-11, bf16: 2^-8 relative to the maximum)."""
+        cams, edge = triton_inputs(2, 3, 10, 12, seed=7)
+        cams, edge = cams.to(dtype), edge.to(dtype)
+        out = _random_walk_triton(cams, edge, 10.0, 2, 5)
+        assert out.dtype == dtype and out.shape == cams.shape
+        assert relative_error(out, random_walk_reference(cams, edge, 10.0, 2, 5)) <= tolerance
+        fp32 = random_walk_reference(cams.float(), edge.float(), 10.0, 2, 5)
+        assert relative_error(out, fp32) <= tolerance

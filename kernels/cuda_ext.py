@@ -1,0 +1,28 @@
+"""Python side of the optional CUDA extension fastwsss._C (csrc/): wrappers the op modules register as
+their "cuda" backend. The dispatcher (kernels/dispatch.py) only picks them for CUDA tensors when the
+extension is built (`FASTWSSS_BUILD_CUDA=1 pip install -e .`), so importing this module never needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _extension():  # noqa: ANN202 - a compiled module
+    from fastwsss import _C
+
+    return _C
+
+
+def cam_norm_cuda(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """csrc/cam_norm.cu: fp32 in the kernel, the input dtype out (same contract as cam_norm_reference)."""
+    return _extension().cam_norm(cams.float().contiguous(), float(eps)).to(cams.dtype)
+
+
+def random_walk_steps_cuda(x: torch.Tensor, offsets: Sequence[tuple[int, int]], weights: torch.Tensor, steps: int) -> torch.Tensor:
+    """csrc/random_walk.cu: `apply_taps` (kernels/random_walk.py) for fp32 CUDA tensors."""
+    dy = [int(o[0]) for o in offsets]
+    dx = [int(o[1]) for o in offsets]
+    return _extension().random_walk_steps(x.float().contiguous(), weights.float().contiguous(), dy, dx, int(steps))

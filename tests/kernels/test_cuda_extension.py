@@ -1,0 +1,65 @@
+"""The optional CUDA extension (csrc/): it compiles wherever nvcc is present; it runs only on a GPU.
+
+On this project's CPU machine the compile test is all that can be checked; on a lent GPU the same file
+also compares the compiled kernels with the references (run: `pytest tests/kernels/test_cuda_extension.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastwsss.kernels.cam_norm import cam_norm_reference
+from fastwsss.kernels.random_walk import apply_taps, transition_taps
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+
+def _cuda_home() -> Path | None:
+    """CUDA_HOME, else /usr/local/cuda, else the toolkit around the nvcc on PATH; None without nvcc."""
+    for candidate in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if candidate and (Path(candidate) / "bin" / "nvcc").is_file():
+            return Path(candidate)
+    nvcc = shutil.which("nvcc")
+    return Path(nvcc).resolve().parents[1] if nvcc else None
+
+
+CUDA_HOME = _cuda_home()
+
+
+@pytest.fixture(scope="module")
+def extension(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a compiled module
+    if CUDA_HOME is None:
+        pytest.skip("nvcc is not installed: the CUDA extension cannot be compiled here")
+    os.environ["CUDA_HOME"] = str(CUDA_HOME)
+    import torch.utils.cpp_extension as cpp_extension
+
+    cpp_extension.CUDA_HOME = str(CUDA_HOME)  # read once at import; another test may have imported it first
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    sources = sorted(str(p) for p in CSRC.glob("*.cu")) + [str(CSRC / "bindings.cpp")]
+    return cpp_extension.load(name="fastwsss_C_test", sources=sources, build_directory=str(tmp_path_factory.mktemp("cext")),
+                extra_cflags=["-O2"], extra_cuda_cflags=["-O2"], verbose=False)
+
+
+@pytest.mark.slow
+def test_extension_compiles_and_exposes_the_ops(extension) -> None:  # noqa: ANN001
+    assert callable(extension.cam_norm) and callable(extension.random_walk_steps)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA tensor"):
+            extension.cam_norm(torch.rand(1, 1, 2, 2), 1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to run the compiled kernels")
+def test_kernels_equal_the_references_on_gpu(extension) -> None:  # noqa: ANN001
+    cams = torch.randn(3, 20, 13, 17, device="cuda")
+    torch.testing.assert_close(extension.cam_norm(cams, 1e-5), cam_norm_reference(cams), atol=1e-6, rtol=1e-6)
+    edge = torch.rand(2, 1, 11, 9, device="cuda")
+    x = torch.rand(2, 3, 11, 9, device="cuda")
+    offsets, weights = transition_taps(edge, 10.0, 5)
+    for steps in (0, 1, 3, 16):
+        got = extension.random_walk_steps(x, weights.contiguous(), [o[0] for o in offsets], [o[1] for o in offsets], steps)
+        torch.testing.assert_close(got, apply_taps(x, offsets, weights, steps), atol=1e-5, rtol=1e-5)
