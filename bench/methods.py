@@ -50,9 +50,43 @@ def train(out: Path, seeds: list[int], rounds: int) -> None:
             run_pipeline(bench_config(method, seed, rounds), out=path, resume=(path / "config.json").is_file())
 
 
+ABLATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # name: (method, folder copied from the seed's run of that method, option changes)
+    "c2am_plain": ("c2am", "cls", {"c2am.scale_logits": False}),
+    "conta_attlr100": ("conta", "rounds/0", {"conta.rounds": 1, "conta.attention_lr_mult": 100.0}),
+}
+"""Controls run after the main benchmark. c2am_plain: the same fine-tune with plain logits (is C2AM's gain the
+scaling or the extra epochs?). conta_attlr100: round 1 with W1, W2 at 100x the head's lr (does a sharper
+attention make M image-specific?). Each starts from a finished stage of the seed's main run (copied, so
+it is not trained again); the copied stages do not depend on the changed settings."""
+
+
+def ablate(out: Path, seeds: list[int], rounds: int, names: list[str]) -> None:
+    import shutil
+
+    from fastwsss.pipeline import run_pipeline
+    from fastwsss.rundir import RunDir
+
+    for seed in seeds:
+        for name in names:
+            method, copied, changes = ABLATIONS[name]
+            source, path = run_dir(out, method, seed), out / f"{name}-seed{seed}"
+            if not (source / copied).is_dir():
+                print(f"== {name} seed {seed}: {source / copied} is missing; run the train phase first", flush=True)
+                continue
+            config = validate(apply_options(bench_config(method, seed, rounds), changes))
+            if not (path / "config.json").is_file():
+                path.mkdir(parents=True)
+                shutil.copytree(source / copied, path / copied)
+                RunDir(path).save_config(config)
+            print(f"== {name} seed {seed} -> {path}", flush=True)
+            run_pipeline(config, out=path, resume=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=("train", "score"))
+    parser.add_argument("phase", choices=("train", "ablate", "score"))
+    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     parser.add_argument("--out", type=Path, default=Path("bench/runs/methods"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=2, help="CONTA rounds after round 0")
@@ -60,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.phase == "train":
         train(args.out, args.seeds, args.rounds)
+        return 0
+    if args.phase == "ablate":
+        ablate(args.out, args.seeds, args.rounds, args.ablations)
         return 0
     from bench.methods_score import score
 

@@ -74,7 +74,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 
 def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
-    from bench.methods import BENCH_SCALE, bench_config, run_dir
+    from bench.methods import ABLATIONS, BENCH_SCALE, bench_config, run_dir
 
     per_run: dict[str, dict[str, Any]] = {}
     for seed in seeds:
@@ -88,7 +88,15 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
         c2am = run_dir(out, "c2am", seed)
         if (c2am / "config.json").is_file():
             per_run[f"c2am/seed{seed}"] = {"method": "c2am", "seed": seed, **(score_view(open_run_dir(c2am), None) or {})}
+        for name, (method, _, _) in ABLATIONS.items():
+            path = out / f"{name}-seed{seed}"
+            if (path / "config.json").is_file():
+                run = open_run_dir(path)
+                t = run.load_config().conta.rounds if method == "conta" else None
+                per_run[f"{name}/seed{seed}"] = {"method": name, "seed": seed, "round": t, **(score_view(run, t) or {}),
+                                                 "attention": attention_diagnostics(path / round_folder(t)) if t else None}
     methods = ["cam", "c2am", *[f"conta_round{t}" for t in range(1, rounds)], "conta"]
+    methods += [name for name in ABLATIONS if any(r["method"] == name for r in per_run.values())]
     summary: dict[str, dict[str, Any]] = {}
     for method in methods:
         runs = [r for r in per_run.values() if r["method"] == method]

@@ -132,7 +132,9 @@ class C2AMConfig:
     `global_size`: side of the global CAM G; `by_class`: average each class over the images that contain it
     instead of over all images (absent classes count as zero in the default); `gamma` scales
     M_c = gamma * mean(G_c). The fine-tune starts from the baseline classifier with BatchNorm in train mode
-    and every layer trainable (`freeze_bn` False), as the released code does.
+    and every layer trainable (`freeze_bn` False), as the released code does. `scale_logits` False is the
+    ablation control: the same fine-tune with plain logits (M_c = 1), which separates C2AM's effect from that
+    of the extra epochs.
     """
 
     global_size: int = 128
@@ -143,6 +145,7 @@ class C2AMConfig:
     lr: float = 5e-4
     head_lr_mult: float = 10.0
     freeze_bn: bool = False
+    scale_logits: bool = True
 
 
 @dataclass

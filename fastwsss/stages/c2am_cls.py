@@ -32,6 +32,8 @@ def run_c2am_cls(ctx: StageContext) -> None:
     model.load_state_dict(baseline.state_dict())
     model.to(ctx.device)
     constants = logit_constants(load_global_cam(ctx), m.gamma).to(ctx.device)
+    if not m.scale_logits:  # the ablation control: same schedule, plain logits
+        constants = torch.ones_like(constants)
     dataset = ClassificationDataset(source, cfg.cls.resize_long, cfg.cls.crop, seed=cfg.seed, augment=True)
 
     def loss(sample: dict) -> torch.Tensor:
