@@ -241,6 +241,68 @@ def data_coco_masks(
     console.print(f"wrote {written} masks to {out}")
 
 
+@app.command("export")
+@friendly_errors
+def export(
+    rundir: Annotated[Path, typer.Argument(help="A finished run directory (its final DeepLab and classifier)")],
+    trt: Annotated[bool, typer.Option(help="Also build a TensorRT engine (needs TensorRT and a GPU)")] = False,
+    fp16: Annotated[bool, typer.Option(help="TensorRT in half precision")] = False,
+    int8: Annotated[bool, typer.Option(help="TensorRT in INT8, calibrated on --calib training images")] = False,
+    calib: Annotated[int, typer.Option(help="Calibration images for --int8")] = 64,
+    min_shape: Annotated[str, typer.Option("--min", help="Smallest input of the TensorRT profile, NxCxHxW")] = "1x3x256x256",
+    opt_shape: Annotated[str, typer.Option("--opt", help="Input TensorRT optimises for")] = "1x3x512x512",
+    max_shape: Annotated[str, typer.Option("--max", help="Largest input of the TensorRT profile")] = "8x3x1024x1024",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUNDIR/export)")] = None,
+) -> None:
+    """Export the run's models to ONNX (always, with an onnxruntime parity report) and, with --trt, TensorRT.
+
+    Example:
+
+      fastwsss export runs/conta-voc --trt --fp16 --opt 1x3x512x512
+    """
+    from fastwsss.commands.export import export_command
+
+    export_command(rundir, trt, fp16, int8, calib, min_shape, opt_shape, max_shape, out)
+
+
+@app.command("segment")
+@friendly_errors
+def segment(
+    images: Annotated[list[str], typer.Argument(help="Image files, folders or globs")],
+    model: Annotated[Path, typer.Option(help="A run directory, a model.onnx or a .engine file")],
+    out: Annotated[Path, typer.Option(help="Folder for the masks (never inside an input folder)")],
+    backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime or tensorrt")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch")] = 8,
+    recursive: Annotated[bool, typer.Option(help="Descend into sub-folders of folder inputs")] = False,
+    overlay: Annotated[bool, typer.Option(help="Also write mask-over-image pictures")] = False,
+    cam: Annotated[bool, typer.Option(help="Also write CAM heat maps (needs a run directory)")] = False,
+) -> None:
+    """Segment images with a trained model: palette PNG masks named after the inputs, then images/s.
+
+    Example:
+
+      fastwsss segment photos/ --model runs/c2am-voc --out masks/ --overlay
+    """
+    from fastwsss.commands.segment import segment_command
+
+    code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("report")
+@friendly_errors
+def report(
+    rundir: Annotated[Path, typer.Argument(help="A run directory")],
+    sample: Annotated[int, typer.Option(help="Images shown with their CAM / pseudo-mask / prediction overlays")] = 8,
+    out: Annotated[Path | None, typer.Option(help="HTML file (default RUNDIR/report.html)")] = None,
+) -> None:
+    """Write one self-contained HTML page: mIoU per stage and round, per-class IoU, loss curves, overlays."""
+    from fastwsss.commands.report import report_command
+
+    report_command(rundir, sample, out)
+
+
 @bench_app.command("kernels")
 @friendly_errors
 def bench_kernels(

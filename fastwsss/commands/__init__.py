@@ -1,0 +1,1 @@
+"""Plain functions behind the CLI commands (fastwsss/cli.py wires them to typer)."""
