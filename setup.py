@@ -15,6 +15,7 @@ packages = [
     "fastwsss.models",
     "fastwsss.methods",
     "fastwsss.stages",
+    "fastwsss.commands",
     "fastwsss.kernels",
     "fastwsss.export",
 ]

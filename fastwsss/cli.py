@@ -262,7 +262,9 @@ def export(
     """
     from fastwsss.commands.export import export_command
 
-    export_command(rundir, trt, fp16, int8, calib, min_shape, opt_shape, max_shape, out)
+    result = export_command(rundir, trt, fp16, int8, calib, min_shape, opt_shape, max_shape, out)
+    if not result["ok"]:  # e.g. --trt without TensorRT: the ONNX files are kept, the exit code says it failed
+        raise typer.Exit(1)
 
 
 @app.command("segment")
