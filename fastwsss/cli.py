@@ -278,6 +278,8 @@ def segment(
     recursive: Annotated[bool, typer.Option(help="Descend into sub-folders of folder inputs")] = False,
     overlay: Annotated[bool, typer.Option(help="Also write mask-over-image pictures")] = False,
     cam: Annotated[bool, typer.Option(help="Also write CAM heat maps (needs a run directory)")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: cuda when present)")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Also say which files were converted (CMYK, 16-bit, ...)")] = False,
 ) -> None:
     """Segment images with a trained model: palette PNG masks named after the inputs, then images/s.
 
@@ -287,7 +289,7 @@ def segment(
     """
     from fastwsss.commands.segment import segment_command
 
-    code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam)
+    code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam, device=device, verbose=verbose)
     if code:
         raise typer.Exit(code)
 

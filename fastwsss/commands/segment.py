@@ -1,0 +1,434 @@
+"""`fastwsss segment IMAGES... --model RUNDIR|file.onnx|file.engine --out DIR`: masks for arbitrary images.
+
+Inputs: files, folders (their images; sub-folders with --recursive) and quoted globs ("photos/**/*.jpg").
+Outputs, all under --out and named after the input (a folder's or a glob's sub-folders are kept):
+    <name>.png          palette PNG of class ids (the model's palette, background = 0)
+    <name>_overlay.jpg  image and mask blended (--overlay)
+    <name>_cam.png      CAM heat maps of the predicted classes, one panel each (--cam, run directories only)
+Two inputs that would get the same name (a.jpg and a.png, or the same name in two input folders) get
+`<stem>_<ext>` names, then `-2`, `-3` suffixes. Nothing is ever written into an input folder: --out equal
+to or inside a folder input, or equal to the folder of an input file, is refused before any work.
+
+Images are read like the data sets read them (EXIF orientation applied, CMYK / RGBA / grayscale / 16-bit
+converted to 8-bit RGB; --verbose says so per file). A file that cannot be read (corrupt, truncated, not an
+image, above `max_pixels`) gets one line naming it; the others are still processed; the exit code is 1
+when any failed. Setup problems (no model, no images, --out inside an input) raise a FastwsssError.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from rich.markup import escape
+
+from fastwsss.benchtools import percentile
+from fastwsss.data.palette import voc_palette
+from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
+from fastwsss.export.runtime import Segmenter, load_segmenter, torch_device
+from fastwsss.io import atomic_path
+from fastwsss.models.cam_net import CAMNet, load_cam_net
+from fastwsss.progress import console, make_progress
+from fastwsss.visual import heat_colors
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+MAX_PIXELS = 50_000_000
+"""Larger images are refused before decoding: 50 MP of float32 activations would exhaust most machines."""
+OVERLAY_ALPHA = 0.5
+CAM_PANEL_SIDE = 384
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+@dataclass
+class Item:
+    """One input image and the output name it gets (relative to --out, no suffix)."""
+
+    path: Path
+    rel: Path
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def _say(message: str) -> None:
+    console.print(escape(message), soft_wrap=True, highlight=False)
+
+
+# -------------------------------------------------------------------------------------------- inputs
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p for p in found
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )  # fmt: skip
+
+
+def collect_inputs(inputs: list[str], recursive: bool) -> tuple[list[Item], list[Path]]:
+    """(images with their relative output names, the folder inputs); one-line DataError for a missing input."""
+    folders = [Path(raw) for raw in inputs if not _is_glob(raw) and Path(raw).is_dir()]
+    items: list[Item] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            prefix = Path(path.resolve().name) if len(folders) > 1 else Path()
+            items += [Item(f, prefix / f.relative_to(path)) for f in _folder_images(path, recursive)]
+            if not recursive and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+                _say(f"{path}: sub-folders skipped (add --recursive to include them)")
+        elif path.is_file():
+            items.append(Item(path, Path(path.name)))
+        elif _is_glob(raw):
+            fixed = _parts_before_magic(path)
+            base = Path(*fixed) if fixed else Path()
+            pattern = str(Path(*path.parts[len(fixed) :]))
+            matches = sorted(p for p in base.glob(pattern) if p.is_file()) if base.is_dir() else []
+            if not matches:
+                raise DataError(f"{raw}: the pattern matches no file")
+            items += [Item(p, p.relative_to(base)) for p in matches]
+        else:
+            raise DataError(f"{raw}: no such file or folder")
+    unique: dict[Path, Item] = {}
+    for item in items:
+        unique.setdefault(item.path.resolve(), item)
+    return list(unique.values()), folders
+
+
+def _parts_before_magic(path: Path) -> list[str]:
+    parts = []
+    for part in path.parts:
+        if _is_glob(part):
+            break
+        parts.append(part)
+    return parts
+
+
+def plan_outputs(items: list[Item], out: Path, overlay: bool, cam: bool) -> None:
+    """Give every item unique output paths (case-insensitively, for macOS and Windows file systems)."""
+    stems: dict[str, int] = {}
+    for item in items:
+        key = str(item.rel.with_suffix("")).lower()
+        stems[key] = stems.get(key, 0) + 1
+    tails = {"mask": ".png", **({"overlay": "_overlay.jpg"} if overlay else {}), **({"cam": "_cam.png"} if cam else {})}
+    taken: set[str] = set()
+    for item in items:
+        base = item.rel.with_suffix("")
+        if stems[str(base).lower()] > 1:  # a.jpg and a.png: a_jpg, a_png
+            base = base.with_name(f"{base.name}_{item.rel.suffix.lstrip('.').lower()}")
+        candidate, n = base, 1
+        while any(str(candidate).lower() + tail.lower() in taken for tail in tails.values()):
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+        for key, tail in tails.items():  # one base for all of an image's files
+            taken.add(str(candidate).lower() + tail.lower())
+            item.outputs[key] = out / (str(candidate) + tail)
+
+
+def check_out(out: Path, items: list[Item], folders: list[Path]) -> None:
+    """Refuse an --out that would put any file into an input folder (or onto an input file)."""
+    target = out.resolve()
+    for folder in folders:
+        where = folder.resolve()
+        if target == where or where in target.parents:
+            raise ConfigError(f"--out {out}: is inside the input folder {folder}; choose a folder outside it")
+    holders = {item.path.resolve().parent for item in items}
+    inputs = {item.path.resolve() for item in items}
+    for item in items:
+        for path in item.outputs.values():
+            if path.resolve().parent in holders or path.resolve() in inputs:
+                raise ConfigError(
+                    f"--out {out}: would write {path.name} into {path.resolve().parent}, which holds input images"
+                )
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, list[str]]:
+    """(H, W, 3) uint8 RGB and what was converted; a one-line DataError naming the file otherwise."""
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise DataError(
+                        f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, above the "
+                        f"{max_pixels / 1e6:.0f} MP limit"
+                    )
+                image.load()
+                orientation = image.getexif().get(0x0112, 1)
+                if orientation not in (1, None):
+                    image = ImageOps.exif_transpose(image)
+                    notes.append(f"EXIF orientation {orientation} applied")
+                if image.mode in SIXTEEN_BIT:  # scaled by the image's peak, as fastwsss.data.base.read_rgb does
+                    notes.append(f"{image.mode} grayscale scaled to 8 bits")
+                    array = np.asarray(image, dtype=np.float64)
+                    image = Image.fromarray((array / max(float(array.max()), 1.0) * 255.0).astype(np.uint8))
+                elif image.mode == "CMYK":
+                    notes.append("CMYK converted to RGB")
+                elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                    notes.append("alpha channel dropped")
+                elif image.mode in ("L", "1"):
+                    notes.append("grayscale replicated to RGB")
+                elif image.mode not in ("RGB", "P"):
+                    notes.append(f"mode {image.mode} converted to RGB")
+                rgb = np.array(image.convert("RGB"), dtype=np.uint8)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode ({one_line(str(exc))[:120]})") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{path}: not an image file PIL can read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt or truncated image ({one_line(str(exc))[:120]})") from exc
+    return rgb, notes
+
+
+def _read(item: Item, max_pixels: int) -> tuple[np.ndarray | None, list[str], str | None]:
+    try:
+        image, notes = read_image(item.path, max_pixels)
+    except DataError as exc:
+        return None, [], one_line(str(exc))
+    return image, notes, None
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def full_palette(palette: np.ndarray) -> np.ndarray:
+    """The model's colours for its labels, VOC colours for the remaining indices (255 = ignore)."""
+    full = voc_palette(256)
+    full[: len(palette)] = palette[:256]
+    return full
+
+
+def save_mask(mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    image = Image.fromarray(mask.astype(np.uint8))
+    image.putpalette(palette.reshape(-1).tolist())  # makes it a P-mode image
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def save_overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    """Mask colours blended over the image; background pixels keep the image as it is."""
+    blend = image.astype(np.float32)
+    fore = mask > 0
+    blend[fore] = (1 - OVERLAY_ALPHA) * blend[fore] + OVERLAY_ALPHA * palette[mask[fore]]
+    with atomic_path(path) as tmp:
+        Image.fromarray(blend.round().astype(np.uint8)).save(tmp, format="JPEG", quality=90)
+
+
+def save_cam_strip(image: np.ndarray, maps: np.ndarray, titles: list[str], path: Path) -> None:
+    """One panel per class: the max-normalised CAM as a heat map over the image, the class name on top."""
+    scale = min(1.0, CAM_PANEL_SIDE / max(image.shape[:2]))
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    panels = []
+    for plane, title in zip(maps, titles, strict=True):
+        blend = 0.5 * image.astype(np.float32) + 0.5 * heat_colors(plane).astype(np.float32)
+        panel = Image.fromarray(blend.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+        ImageDraw.Draw(panel).text((4, 4), title[:24], fill=(255, 255, 255))
+        panels.append(panel)
+    strip = Image.new("RGB", (size[0] * len(panels), size[1]))
+    for index, panel in enumerate(panels):
+        strip.paste(panel, (index * size[0], 0))
+    with atomic_path(path) as tmp:
+        strip.save(tmp, format="PNG")
+
+
+# ----------------------------------------------------------------------------------------------- CAMs
+
+
+@dataclass
+class CamModel:
+    """The run's final classifier, for heat maps of the classes a mask predicts."""
+
+    net: CAMNet
+    scales: tuple[float, ...]
+    names: list[str]
+    device: torch.device
+
+
+def load_cam_model(model: Path, device: torch.device, num_foreground: int) -> CamModel:
+    """The classifier of run directory `model`; a FastwsssError saying why there is none otherwise."""
+    from fastwsss.artifacts import final_classifier_checkpoint
+    from fastwsss.rundir import open_run_dir
+
+    if not model.is_dir():
+        raise FastwsssError(f"{model} is a model file; CAMs need a run directory with a trained classifier")
+    checkpoint = final_classifier_checkpoint(model)
+    net, meta = load_cam_net(checkpoint, map_location=device)
+    if net.extra_channels:
+        raise FastwsssError(f"{checkpoint}: the classifier needs CONTA's extra input maps, not an image alone")
+    if net.num_classes != num_foreground:
+        raise FastwsssError(f"{checkpoint}: {net.num_classes} classes, the segmentation model has {num_foreground}")
+    names = [str(n) for n in meta.get("class_names") or []] or [f"class{i}" for i in range(1, net.num_classes + 1)]
+    return CamModel(net.eval(), tuple(open_run_dir(model).load_config().cam.scales), names, device)
+
+
+def cam_maps(cam: CamModel, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """CAMs (k, H, W) of the classes in `mask`, or of the classifier's top class when it has none."""
+    from fastwsss.cam_inference import multiscale_cam, normalize_image
+
+    labels = np.zeros(cam.net.num_classes, dtype=np.float32)
+    present = [int(c) - 1 for c in np.unique(mask) if 1 <= c <= cam.net.num_classes]
+    if present:
+        labels[present] = 1.0
+    else:
+        with torch.inference_mode():
+            labels[int(cam.net(normalize_image(image, cam.device)).argmax())] = 1.0
+    result = multiscale_cam(cam.net, image, labels, cam.scales, cam.device)
+    return result.high_res, [cam.names[int(k)] for k in result.keys]
+
+
+# -------------------------------------------------------------------------------------------- command
+
+
+@dataclass
+class _Timings:
+    """Seconds of each `Segmenter.segment` call and its number of images (reading and writing excluded)."""
+
+    batches: list[tuple[float, int]] = field(default_factory=list)
+
+    def add(self, seconds: float, images: int) -> None:
+        self.batches.append((seconds * 1e3, images))
+
+    def line(self, images: int, wall_s: float) -> str:
+        # The first batch holds the warm-up (CUDA graph capture, allocator growth): left out when others exist.
+        timed = self.batches[1:] if len(self.batches) > 1 else self.batches
+        batch = [ms for ms, _ in timed]
+        per_image = [ms / n for ms, n in timed for _ in range(n)]
+        model_s = sum(ms for ms, _ in self.batches) / 1e3
+        return (
+            f"{images / max(wall_s, 1e-9):.1f} images/s end to end, {images / max(model_s, 1e-9):.1f} images/s in "
+            f"the model; latency per batch p50 {percentile(batch, 50):.1f} ms p90 {percentile(batch, 90):.1f} ms, "
+            f"per image p50 {percentile(per_image, 50):.1f} ms p90 {percentile(per_image, 90):.1f} ms"
+            + (" (first batch, the warm-up, left out)" if len(self.batches) > 1 else "")
+        )
+
+
+def _run_batch(
+    segmenter: Segmenter, good: list[tuple[Item, np.ndarray]], timings: _Timings, failed: list[str]
+) -> list[tuple[Item, np.ndarray, np.ndarray]]:
+    """Masks of a batch; when the batch fails, each image alone, so that one bad image fails alone.
+
+    Any exception counts (onnxruntime and TensorRT raise their own types): it becomes one line naming the
+    file, and the other images go on.
+    """
+    done: list[tuple[Item, np.ndarray, np.ndarray]] = []
+    groups = [good] if len(good) == 1 else [good, *([pair] for pair in good)]
+    for group in groups:
+        start = time.perf_counter()
+        try:
+            masks = segmenter.segment([image for _, image in group])
+        except Exception as exc:  # noqa: BLE001
+            if len(group) == 1:
+                item = group[0][0]
+                failed.append(f"{item.path}: segmentation failed ({type(exc).__name__}: {one_line(str(exc))[:200]})")
+            continue
+        timings.add(time.perf_counter() - start, len(group))
+        if group is good:
+            return [(item, image, mask) for (item, image), mask in zip(good, masks, strict=True)]
+        done.append((group[0][0], group[0][1], masks[0]))
+    return done
+
+
+def _write(item: Item, image: np.ndarray, mask: np.ndarray, palette: np.ndarray, cam: CamModel | None) -> None:
+    save_mask(mask, palette, item.outputs["mask"])
+    if "overlay" in item.outputs:
+        save_overlay(image, mask, palette, item.outputs["overlay"])
+    if cam is not None:
+        maps, titles = cam_maps(cam, image, mask)
+        save_cam_strip(image, maps, titles, item.outputs["cam"])
+
+
+def segment_command(
+    inputs: list[str],
+    model: Path,
+    out: Path,
+    backend: str = "auto",
+    batch_size: int = 8,
+    recursive: bool = False,
+    overlay: bool = False,
+    cam: bool = False,
+    *,
+    device: str | None = None,
+    verbose: bool = False,
+    max_pixels: int = MAX_PIXELS,
+) -> int:
+    """Segment the images of `inputs` into `out` (module docstring); 0 when all went well, 1 when any failed."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
+    if not inputs:
+        raise ConfigError("IMAGES: give at least one image file, folder or glob")
+    items, folders = collect_inputs([str(i) for i in inputs], recursive)
+    if not items:
+        raise DataError(f"{', '.join(map(str, inputs))}: no images found (suffixes {' '.join(IMAGE_SUFFIXES)})")
+    out = Path(out)
+    plan_outputs(items, out, overlay, cam)
+    check_out(out, items, folders)
+    segmenter = load_segmenter(model, backend, device)
+    _say(f"model {segmenter.source}: {segmenter.backend}, {segmenter.detail}")
+    if segmenter.reason:
+        _say(segmenter.reason)
+    cam_model = None
+    if cam:
+        cam_device = getattr(segmenter, "device", None) or torch_device(device)
+        try:
+            cam_model = load_cam_model(Path(model), cam_device, len(segmenter.class_names) - 1)
+        except FastwsssError as exc:
+            _say(f"--cam: no CAM heat maps: {one_line(str(exc))}")
+    palette = full_palette(segmenter.palette)
+    failed: list[str] = []
+    converted = done = 0
+    timings = _Timings()
+    begin = time.perf_counter()
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    with ThreadPoolExecutor(max_workers=2) as pool, make_progress() as progress:
+        task = progress.add_task("segment", total=len(items), info="")
+
+        def submit(batch: list[Item]) -> list[Future]:
+            return [pool.submit(_read, item, max_pixels) for item in batch]
+
+        pending = submit(batches[0])
+        for index, batch in enumerate(batches):  # the next batch is decoded while this one runs
+            current, pending = pending, (submit(batches[index + 1]) if index + 1 < len(batches) else [])
+            good = []
+            for item, future in zip(batch, current, strict=True):
+                image, notes, error = future.result()
+                if error is not None:
+                    failed.append(error)
+                    _say(f"failed: {error}")
+                    continue
+                converted += bool(notes)
+                if notes and verbose:
+                    _say(f"{item.path}: {'; '.join(notes)}")
+                good.append((item, image))
+            before = len(failed)
+            results = _run_batch(segmenter, good, timings, failed) if good else []
+            for error in failed[before:]:
+                _say(f"failed: {error}")
+            for item, image, mask in results:
+                _write(item, image, mask, palette, cam_model)
+                done += 1
+            progress.advance(task, len(batch))
+    wall_s = time.perf_counter() - begin
+    summary = f"{done} of {len(items)} images segmented into {out}"
+    if failed:
+        summary += f"; {len(failed)} failed (listed above)"
+    if converted and not verbose:
+        summary += f"; {converted} converted to 8-bit RGB (--verbose says how)"
+    _say(summary)
+    if done:
+        _say(timings.line(done, wall_s))
+    return 1 if failed else 0
