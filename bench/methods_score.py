@@ -18,9 +18,9 @@ from fastwsss.stages.context import StageContext
 from fastwsss.stages.evaluate import evaluate_cam_seeds
 from fastwsss.stages.seg import evaluate_split
 
-METRICS = ("seed", "seed_best", "leakage", "pseudo", "seg_val", "seg_debiased")
+METRICS = ("cam_seed", "cam_seed_best", "leakage", "pseudo", "seg_val", "seg_debiased")
 LABELS = {
-    "seed": "CAM seed mIoU (bg 0.15)", "seed_best": "CAM seed mIoU (best bg)", "leakage": "context leakage (%)",
+    "cam_seed": "CAM seed mIoU (bg 0.15)", "cam_seed_best": "CAM seed mIoU (best bg)", "leakage": "context leakage (%)",
     "pseudo": "pseudo-mask mIoU", "seg_val": "DeepLab val mIoU", "seg_debiased": "DeepLab debiased mIoU",
 }
 
@@ -54,8 +54,8 @@ def score_view(run: RunDir, round_: int | None) -> dict[str, float | None] | Non
 
     leak = None if cam_row is None else cam_row.get("context_leakage")
     return {
-        "seed": None if cam_row is None else 100 * cam_row["miou"],
-        "seed_best": None if cam_row is None else 100 * cam_row["best_miou"],
+        "cam_seed": None if cam_row is None else 100 * cam_row["miou"],
+        "cam_seed_best": None if cam_row is None else 100 * cam_row["best_miou"],
         "leakage": None if leak is None else 100 * leak,
         "pseudo": miou("pseudo", "train"),
         "seg_val": miou("seg", "val"),
@@ -71,6 +71,37 @@ def _summary(values: list[float]) -> dict[str, Any]:
         "max": max(values),
         "n": len(values),
     }
+
+
+def paired_bases(methods: list[str]) -> list[tuple[str, str]]:
+    """Each method against the baseline; C2AM against its plain fine-tune control; the attention-lr control
+    against the round it changes."""
+    pairs = [(m, "conta_round1" if m == "conta_attlr100" else "cam") for m in methods if m != "cam"]
+    if "c2am_plain" in methods:
+        pairs.append(("c2am", "c2am_plain"))
+    return pairs
+
+
+def _cell(s: dict[str, Any] | None) -> str:
+    return "-" if not s else f"{s['mean']:+.1f} ± {s['std']:.1f} (n={s['n']})"
+
+
+def paired_differences(per_run: dict[str, dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per metric, the mean and sd over seeds of (method - base) on the same seed; see paired_bases."""
+    by_key = {(r["method"], r["seed"]): r for r in per_run.values()}
+    result: dict[str, dict[str, Any]] = {}
+    for method, base in paired_bases(methods):
+        entry: dict[str, Any] = {"method": method, "base": base}
+        result[f"{method} - {base}"] = entry
+        for metric in METRICS:
+            deltas = [
+                r[metric] - by_key[(base, r["seed"])][metric]
+                for (m, _), r in by_key.items()
+                if m == method and r.get(metric) is not None and by_key.get((base, r["seed"]), {}).get(metric) is not None
+            ]
+            if deltas:
+                entry[metric] = _summary(deltas)
+    return result
 
 
 def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
@@ -105,6 +136,7 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
             for metric in METRICS
             if any(r.get(metric) is not None for r in runs)
         }
+    paired = paired_differences(per_run, methods)
     rows = []
     for method in methods:
         cells = [method]
@@ -113,12 +145,15 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
             cells.append("-" if not s else f"{s['mean']:.1f} ± {s['std']:.1f} (n={s['n']})")
         rows.append(cells)
     print_table("confounding benchmark (synthetic, mean ± sd over seeds)", ["method", *[LABELS[m] for m in METRICS]], rows)
+    rows = [[name, *[_cell(entry.get(metric)) for metric in METRICS]] for name, entry in paired.items()]
+    print_table("paired differences (same seed), mean ± sd", ["comparison", *[LABELS[m] for m in METRICS]], rows)
     config = bench_config("conta", seeds[0], rounds)
     return {
         "benchmark": "methods",
         "settings": {"scale": BENCH_SCALE, "seeds": seeds, "conta_rounds": rounds, "synth": config.data.synth.__dict__,
                      "note": "cam = round 0 of the seed's conta run (same stages, config and seed)"},
         "summary": summary,
+        "paired_differences": paired,
         "runs": per_run,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_orphan_temps(folder: str | Path) -> list[Path]:
+    """Delete `atomic_path` temporaries under `folder` whose writer process is gone (killed mid-write).
+
+    Temporaries of live processes are kept: eval, report or export may be writing beside a resumed run.
+    Returns the files removed.
+    """
+    removed = []
+    for path in Path(folder).rglob(".*.tmp*"):
+        match = _TEMP_NAME.match(path.name)
+        if match and path.is_file() and not _pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastwsss.config import RunConfig, config_from_dict
 from fastwsss.errors import RunDirError
-from fastwsss.io import append_jsonl, read_jsonl, write_json
+from fastwsss.io import append_jsonl, read_jsonl, remove_orphan_temps, write_json
 
 
 @dataclass
@@ -132,6 +132,7 @@ def create_or_resume(path: str | Path, config: RunConfig, resume: bool) -> tuple
         raise RunDirError(f"{run.path} exists and is not a fastwsss run directory; choose another --out")
     run.lock()
     if exists:
+        remove_orphan_temps(run.path)  # left by a run killed mid-write (SIGKILL skips atomic_path's cleanup)
         config = run.load_config()
     else:
         run.save_config(config)

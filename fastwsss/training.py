@@ -83,6 +83,12 @@ def _resume(ctx: StageContext, job: TrainJob, module: nn.Module) -> tuple[int, i
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
     except Exception as exc:
         raise CheckpointError(f"{job.last_path}: cannot resume from this checkpoint ({exc})") from exc
+    row = state.get("metrics_row")
+    if row is not None and not any(
+        r.get("stage") == row["stage"] and r.get("epoch") == row["epoch"] and r.get("round") == ctx.run.tags.get("round")
+        for r in ctx.run.metrics()
+    ):
+        ctx.run.log_metric(row)  # the run was killed after saving last.pt but before logging its epoch
     log(f"{job.stage}: resuming after epoch {start_epoch} of {job.epochs} from {job.last_path}")
     return start_epoch, step
 
@@ -123,9 +129,11 @@ def run_epochs(ctx: StageContext, job: TrainJob) -> int:
                 count += 1
                 progress.update(task, advance=1, info=f"epoch {epoch + 1}/{job.epochs} loss {total / count:.4f}")
                 ctx.step(job.stage, step)
+            row = {"stage": job.metric_stage, "split": job.split, "method": cfg.method, "epoch": epoch + 1,
+                   "loss": total / max(count, 1), "miou": None, "per_class_iou": None}
+            # The row travels in last.pt so that a kill between the two writes cannot lose it (see _resume).
             with atomic_path(job.last_path) as tmp:
                 torch.save({"model": module.state_dict(), "optimizer": job.optimizer.state_dict(),
-                            "epoch": epoch, "step": step, "rng": rng_state()}, tmp)
-            ctx.run.log_metric({"stage": job.metric_stage, "split": job.split, "method": cfg.method, "epoch": epoch + 1,
-                                "loss": total / max(count, 1), "miou": None, "per_class_iou": None})
+                            "epoch": epoch, "step": step, "rng": rng_state(), "metrics_row": row}, tmp)
+            ctx.run.log_metric(row)
     return step

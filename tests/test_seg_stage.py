@@ -93,7 +93,8 @@ def test_outputs_metrics_and_predictions(finished: RunDir) -> None:
     assert [r["epoch"] for r in epochs] == list(range(1, EPOCHS + 1))
     assert all(r["split"] == "train" and math.isfinite(r["loss"]) and r["miou"] is None for r in epochs)
     scored = {r["split"]: r for r in rows if r["stage"] == "seg"}
-    assert set(scored) == {"val", "train"}
+    assert set(scored) == {"val", "train", *cfg.data.test_splits} and cfg.data.test_splits == ("debiased",)
+    assert scored["debiased"]["images"] == cfg.data.synth.num_debiased
     val = scored["val"]
     assert val["method"] == cfg.method and val["images"] == 8
     assert math.isfinite(val["miou"]) and 0.0 <= val["miou"] <= 1.0
