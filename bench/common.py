@@ -51,3 +51,8 @@ def run_isolated(module: str, case: dict[str, Any], timeout_s: float) -> dict[st
 def emit_case_result(result: dict[str, Any]) -> None:
     """The child's side of `run_isolated`: the result as the last stdout line."""
     print(json.dumps(result), flush=True)
+
+
+def fmt_or_dash(value: Any, spec: str) -> str:
+    """`value` formatted with `spec`, or "-" when it is missing (a table cell)."""
+    return "-" if value is None else format(value, spec)

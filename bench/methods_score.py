@@ -12,8 +12,7 @@ import torch
 from bench.common import print_table
 from fastwsss.data import build_source
 from fastwsss.models.deeplab import load_seg_model
-from fastwsss.rundir import RunDir, open_run_dir
-from fastwsss.stages import round_folder
+from fastwsss.rundir import RunDir, open_run_dir, round_folder
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.evaluate import evaluate_cam_seeds
 from fastwsss.stages.seg import evaluate_split
@@ -35,7 +34,7 @@ def _latest(rows: list[dict[str, Any]], stage: str, split: str, round_: int | No
 
 def score_view(run: RunDir, round_: int | None) -> dict[str, float | None] | None:
     """The metrics of one run (or one CONTA round); None when its seg stage has not finished."""
-    view = run if round_ is None else run.view(round_folder(round_), round=round_)
+    view = run if round_ is None else run.round_view(round_)
     if not view.is_done("seg"):
         return None
     config = run.load_config()
@@ -161,15 +160,11 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
 def attention_diagnostics(round_path: Path) -> dict[str, float] | None:
     """Is Eq. 3 doing anything? How image-specific M is, and how peaked the attention alpha is."""
     from fastwsss.kernels.confounder_attention import confounder_attention_weights_reference
-    from fastwsss.methods.conta import ConfounderAttention
-    from fastwsss.stages.confounder import load_confounders
+    from fastwsss.stages.cls import ATTENTION_FILE, load_attention
 
-    attention_file = round_path / "cls" / "attention.pt"
-    if not attention_file.is_file():
+    if not (round_path / "cls" / ATTENTION_FILE).is_file():
         return None
-    confounders, table = load_confounders(round_path)
-    attention = ConfounderAttention(confounders)
-    attention.load_state_dict(torch.load(attention_file, map_location="cpu", weights_only=True))
+    attention, table = load_attention(round_path)
     with torch.no_grad():
         xm = table.batch(table.ids)
         m = attention(xm).flatten(1)

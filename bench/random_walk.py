@@ -30,6 +30,7 @@ from bench.common import (
     device_label,
     emit_case_result,
     environment,
+    fmt_or_dash,
     measure_peak,
     pick_device,
     print_table,
@@ -133,10 +134,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for r in results:
@@ -149,14 +146,14 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 grid,
                 str(r["classes"]),
                 r["path"],
-                _fmt(r["median_ms"], ".2f"),
-                _fmt(r["p10_ms"], ".2f"),
-                _fmt(r["p90_ms"], ".2f"),
+                fmt_or_dash(r["median_ms"], ".2f"),
+                fmt_or_dash(r["p10_ms"], ".2f"),
+                fmt_or_dash(r["p90_ms"], ".2f"),
                 str(r["repeats"]) + ("*" if r["first_call_only"] else ""),
-                _fmt(r["peak_bytes"] / MIB, ".1f"),
-                _fmt(r.get("speedup"), ".1f"),
-                _fmt(r.get("max_abs_diff"), ".1e"),
-                _fmt(r.get("max_rel_diff"), ".1e"),
+                fmt_or_dash(r["peak_bytes"] / MIB, ".1f"),
+                fmt_or_dash(r.get("speedup"), ".1f"),
+                fmt_or_dash(r.get("max_abs_diff"), ".1e"),
+                fmt_or_dash(r.get("max_rel_diff"), ".1e"),
             ]
         )
     return rows

@@ -43,6 +43,7 @@ from bench.common import (
     RESULTS_DIR,
     device_label,
     environment,
+    fmt_or_dash,
     pick_device,
     print_table,
     summarize,
@@ -183,10 +184,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for r in results:
@@ -194,9 +191,9 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         if r["status"] != "ok":
             rows.append([*head, r["status"], "-", "-", "-", "-", r.get("error", "")[:60]])
             continue
-        rows.append([*head, _fmt(r["median_ms"], ".1f"), _fmt(r["p10_ms"], ".1f"), _fmt(r["p90_ms"], ".1f"),
-                     _fmt(r["images_per_s"], ".1f"), _fmt(r.get("max_abs_logit_diff"), ".1e"),
-                     _fmt(r.get("argmax_agreement_pct"), ".3f")])  # fmt: skip
+        rows.append([*head, fmt_or_dash(r["median_ms"], ".1f"), fmt_or_dash(r["p10_ms"], ".1f"), fmt_or_dash(r["p90_ms"], ".1f"),
+                     fmt_or_dash(r["images_per_s"], ".1f"), fmt_or_dash(r.get("max_abs_logit_diff"), ".1e"),
+                     fmt_or_dash(r.get("argmax_agreement_pct"), ".3f")])  # fmt: skip
     return rows
 
 

@@ -24,11 +24,9 @@ fastwsss version.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from fastwsss.data.palette import voc_palette
 from fastwsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from fastwsss.errors import CheckpointError, ConfigError, FastwsssError, one_line
 from fastwsss.io import atomic_path
+from fastwsss.models import eval_mode
 from fastwsss.models.cam_net import CAMNet
 
 METADATA_KEY = "fastwsss"
@@ -126,17 +125,6 @@ def export_module(model: nn.Module, kind: str, fp16: bool = False) -> nn.Module:
     if kind in ("seg", "seg_labels"):
         return SegExport(model, with_argmax=kind == "seg_labels", fp16=fp16)
     raise ConfigError(f"kind: unknown export kind {kind!r}; valid: {', '.join(OUTPUTS)}")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for export and parity; the caller's mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _check_metadata(metadata: dict[str, Any], num_labels: int, path: Path) -> None:
@@ -224,7 +212,7 @@ def export_seg_onnx(
     path = Path(path)
     _check_metadata(metadata, model.num_classes, path)
     kind = "seg_labels" if with_argmax else "seg"
-    with _eval_mode(model):
+    with eval_mode(model):
         module = export_module(model, kind, fp16=fp16).eval()
         return _export(module, path, kind, metadata, opset, example_hw, "fp16" if fp16 else "fp32")
 
@@ -241,7 +229,7 @@ def export_cam_onnx(
     """Export a CAMNet: `images` -> `logits` (N, K) and `cams` (N, K, h, w) max-normalised in float32."""
     path = Path(path)
     _check_metadata(metadata, model.num_classes + 1, path)
-    with _eval_mode(model):
+    with eval_mode(model):
         module = export_module(model, "cam", fp16=fp16).eval()
         return _export(module, path, "cam", metadata, opset, example_hw, "fp16" if fp16 else "fp32")
 
@@ -322,7 +310,7 @@ def parity_report(
     min_agreement = default_agree if min_agreement is None else min_agreement
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rows = []
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         reference = export_module(model, "seg" if kind == "seg_labels" else kind).eval()
         device = _device(reference)
         for index, image in enumerate(images):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastwsss.errors import RunDirError
-from fastwsss.rundir import open_run_dir
+from fastwsss.rundir import open_run_dir, round_folder
 
 
 def final_dir(rundir: str | Path) -> Path:
@@ -18,7 +18,7 @@ def final_dir(rundir: str | Path) -> Path:
     run = open_run_dir(rundir)
     config = run.load_config()
     if config.method == "conta":
-        return run.path / "rounds" / str(config.conta.rounds)
+        return run.round_view(config.conta.rounds).path
     return run.path
 
 
@@ -33,7 +33,7 @@ def final_classifier_checkpoint(rundir: str | Path) -> Path:
     """The classifier to export: C2AM's fine-tuned one, else cls/ckpt.pt (CONTA: round 0's, which needs no M)."""
     run = open_run_dir(rundir)
     config = run.load_config()
-    folder = {"c2am": "c2am", "conta": "rounds/0/cls"}.get(config.method, "cls")
+    folder = {"c2am": "c2am", "conta": f"{round_folder(0)}/cls"}.get(config.method, "cls")
     path = run.path / folder / "ckpt.pt"
     if not path.is_file():
         raise RunDirError(f"{path}: no trained classifier in {rundir}")

@@ -27,6 +27,7 @@ from fastwsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fastwsss.errors import DataError
 from fastwsss.io import atomic_path
 from fastwsss.kernels.cam_norm import cam_norm
+from fastwsss.models import eval_mode
 from fastwsss.models.cam_net import CAMNet
 
 CAM_EPS = 1e-5
@@ -109,25 +110,20 @@ def multiscale_cam(
         )
     if device is None:
         device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            x = normalize_image(image, device)
-            if extra is not None:
-                extra = extra.to(device=device, dtype=torch.float32)
-            index = torch.from_numpy(keys).to(device)
-            cam4 = torch.zeros((1, keys.size, *size4), device=device)
-            high = torch.zeros((1, keys.size, *padded16_size(height, width)), device=device)
-            for scale in scales:
-                scaled = resize_image(x, (round(height * scale), round(width * scale)))
-                a = _flip_pair_cam(model, scaled, extra).float().index_select(0, index).unsqueeze(0)
-                cam4 += F.interpolate(a, size=size4, mode="bilinear", align_corners=False)
-                high += F.interpolate(a, size=high.shape[-2:], mode="bilinear", align_corners=False)
-            cam4 = cam_norm(cam4, CAM_EPS)[0]
-            high = cam_norm(high[..., :height, :width], CAM_EPS)[0]
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        x = normalize_image(image, device)
+        if extra is not None:
+            extra = extra.to(device=device, dtype=torch.float32)
+        index = torch.from_numpy(keys).to(device)
+        cam4 = torch.zeros((1, keys.size, *size4), device=device)
+        high = torch.zeros((1, keys.size, *padded16_size(height, width)), device=device)
+        for scale in scales:
+            scaled = resize_image(x, (round(height * scale), round(width * scale)))
+            a = _flip_pair_cam(model, scaled, extra).float().index_select(0, index).unsqueeze(0)
+            cam4 += F.interpolate(a, size=size4, mode="bilinear", align_corners=False)
+            high += F.interpolate(a, size=high.shape[-2:], mode="bilinear", align_corners=False)
+        cam4 = cam_norm(cam4, CAM_EPS)[0]
+        high = cam_norm(high[..., :height, :width], CAM_EPS)[0]
     return CamResult(keys=keys, cam4=cam4.cpu().numpy(), high_res=high.cpu().numpy())
 
 

@@ -161,7 +161,6 @@ def eval_command(
 ) -> None:
     """Score a run's outputs (CAM seeds, ...) against the ground truth and print a table."""
     from fastwsss.rundir import open_run_dir
-    from fastwsss.stages import round_folder
     from fastwsss.stages.context import StageContext, resolve_device
     from fastwsss.stages.evaluate import run_eval
 
@@ -173,7 +172,7 @@ def eval_command(
             device = resolve_device(config.device)
             if config.method == "conta":
                 for t in range(config.conta.rounds + 1):
-                    view = run.view(round_folder(t), round=t)
+                    view = run.round_view(t)
                     if view.path.is_dir():
                         run_eval(StageContext(config=config, run=view, device=device, round=t))
             else:

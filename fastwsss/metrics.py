@@ -7,6 +7,8 @@ is left out of the mean (nanmean), as in the reference code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fastwsss.data.palette import IGNORE_INDEX
@@ -57,3 +59,18 @@ class ConfusionMeter:
 def json_ious(ious: np.ndarray) -> list[float | None]:
     """IoUs as JSON-friendly floats (NaN -> None)."""
     return [None if not np.isfinite(v) else round(float(v), 6) for v in ious]
+
+
+def score_row(stage: str, split: str, method: str, meter: ConfusionMeter, class_names: list[str], images: int,
+              **extra: Any) -> dict[str, Any]:
+    """One scored metrics.jsonl row: mIoU (a fraction) and IoU per label, background first, plus `extra`."""
+    return {
+        "stage": stage,
+        "split": split,
+        "method": method,
+        "miou": meter.miou(),
+        "per_class_iou": json_ious(meter.iou()),
+        "class_names": ["background", *class_names],
+        **extra,
+        "images": images,
+    }

@@ -14,7 +14,7 @@ from fastwsss.crf import crf_available
 from fastwsss.errors import ConfigError
 from fastwsss.progress import log
 from fastwsss.rundir import RunDir, create_or_resume
-from fastwsss.stages import plan, round_folder, stages_for
+from fastwsss.stages import plan, stages_for
 from fastwsss.stages.context import StageContext, StepHook, resolve_device
 
 
@@ -49,7 +49,7 @@ def run_pipeline(
         log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {device})")
         for planned in plan(config.method, config.conta.rounds, stages):
             stage, round_ = planned.stage, planned.round
-            view = run if round_ is None else run.view(round_folder(round_), round=round_)
+            view = run if round_ is None else run.round_view(round_)
             name = stage.name if round_ is None else f"round {round_}: {stage.name}"
             if resume and stage.folder and view.is_done(stage.folder):
                 log(f"[dim]{name}: already finished, skipped[/dim]")

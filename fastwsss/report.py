@@ -40,7 +40,7 @@ from fastwsss.report_charts import (
     thumb_size,
     thumbnail,
 )
-from fastwsss.rundir import open_run_dir
+from fastwsss.rundir import open_run_dir, round_folder
 from fastwsss.summary import latest_rows
 
 THUMB = 160
@@ -262,7 +262,7 @@ def _conta_section(info: RunInfo) -> str:
     else:
         parts.append("<p>No round has been scored yet.</p>")
     for t in [t for t in _round_dirs(info.path) if t >= 1]:
-        picture = info.path / "rounds" / str(t) / "confounder" / "confounders.png"
+        picture = info.path / round_folder(t) / "confounder" / "confounders.png"
         parts.append(f"<h3>round {t}: confounder set (class-wise mean masks)</h3>")
         parts.append(_guard(lambda picture=picture, t=t: _picture(picture, f"rounds/{t}/confounder/confounders.png")))
     return "".join(parts)
@@ -293,7 +293,7 @@ def _overlay_folder(info: RunInfo, config: RunConfig) -> Path:
     """final_dir; while a CONTA run has not reached its last round, its latest round folder instead."""
     final = final_dir(info.path)
     rounds = _round_dirs(info.path)
-    return final if final.is_dir() or not rounds else info.path / "rounds" / str(rounds[-1])
+    return final if final.is_dir() or not rounds else info.path / round_folder(rounds[-1])
 
 
 def _overlay_row(source: SegmentationSource, image_id: str, folder: Path, config: RunConfig, seen: set[int]) -> str:

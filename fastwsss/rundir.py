@@ -21,6 +21,11 @@ from fastwsss.errors import RunDirError
 from fastwsss.io import append_jsonl, read_jsonl, remove_orphan_temps, write_json
 
 
+def round_folder(round_: int) -> str:
+    """Where CONTA's round `round_` keeps its stage outputs, relative to the run directory."""
+    return f"rounds/{round_}"
+
+
 @dataclass
 class RunDir:
     """A run directory, or a view of one of its sub-folders (CONTA's rounds/<t>).
@@ -50,6 +55,10 @@ class RunDir:
     def view(self, sub: str, **tags: Any) -> RunDir:
         """The sub-folder `sub` of the run as a RunDir of its own (not locked: the run holds the lock)."""
         return RunDir(self.top / sub, root=self.top, tags={**self.tags, **tags})
+
+    def round_view(self, round_: int) -> RunDir:
+        """CONTA's round `round_`: RUNDIR/rounds/<round_>, its metrics rows tagged {"round": round_}."""
+        return self.view(round_folder(round_), round=round_)
 
     def stage_dir(self, name: str) -> Path:
         folder = self.path / name

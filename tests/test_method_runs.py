@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from small_runs import fast_config
 from typer.testing import CliRunner
 
 from fastwsss.cli import app
-from fastwsss.config import SynthConfig, get_preset
 from fastwsss.data.base import read_label_png
 from fastwsss.data.palette import save_mask_png
 from fastwsss.methods.conta import MaskTable
@@ -24,19 +23,7 @@ from fastwsss.stages.context import StageContext
 
 
 def small(method: str, rounds: int = 1):
-    config = get_preset("tiny", method)
-    synth = SynthConfig(size=64, num_train=40, num_val=8, num_debiased=8, seed=2)
-    return dataclasses.replace(
-        config,
-        data=dataclasses.replace(config.data, synth=synth),
-        cls=dataclasses.replace(config.cls, epochs=2, batch_size=16),
-        cam=dataclasses.replace(config.cam, scales=(1.0,)),
-        irn=dataclasses.replace(config.irn, epochs=1),
-        seg=dataclasses.replace(config.seg, epochs=1),
-        pseudo=dataclasses.replace(config.pseudo, exp_times=4),
-        c2am=dataclasses.replace(config.c2am, epochs=1, global_size=16),
-        conta=dataclasses.replace(config.conta, rounds=rounds, mask_size=8),
-    )
+    return fast_config(method, rounds=rounds)
 
 
 def test_plans() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from small_runs import fast_config
 
 from fastwsss.cam_inference import CamResult, save_cam_npz, stride4_size
 from fastwsss.commands.report import report_command
@@ -163,17 +164,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real, very small cam run of every stage (~30 s on 2 cores), shared by the tests that need realism."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FASTWSSS_DATA_DIR", str(tmp_path_factory.getbasetemp() / "fastwsss-data-cache"))
-        config = get_preset("tiny")
-        synth = SynthConfig(size=64, num_train=32, num_val=8, num_debiased=8, seed=4)
-        config = dataclasses.replace(
-            config,
-            data=dataclasses.replace(config.data, synth=synth),
-            cls=dataclasses.replace(config.cls, epochs=2, batch_size=16),
-            cam=dataclasses.replace(config.cam, scales=(1.0,)),
-            irn=dataclasses.replace(config.irn, epochs=1),
-            seg=dataclasses.replace(config.seg, epochs=1),
-            pseudo=dataclasses.replace(config.pseudo, exp_times=4),
-        )
+        config = fast_config("cam", num_train=32, seed=4)
         return run_pipeline(config, tmp_path_factory.mktemp("report") / "run").path
 
 

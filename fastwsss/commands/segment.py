@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from rich.markup import escape
 
 from fastwsss.benchtools import percentile
-from fastwsss.data.palette import voc_palette
+from fastwsss.data.palette import save_mask_png, voc_palette
 from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
 from fastwsss.export.runtime import Segmenter, load_segmenter, torch_device
 from fastwsss.io import atomic_path
@@ -213,13 +213,6 @@ def full_palette(palette: np.ndarray) -> np.ndarray:
     return full
 
 
-def save_mask(mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
-    image = Image.fromarray(mask.astype(np.uint8))
-    image.putpalette(palette.reshape(-1).tolist())  # makes it a P-mode image
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
 def save_overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
     """Mask colours blended over the image; background pixels keep the image as it is."""
     blend = image.astype(np.float32)
@@ -344,7 +337,7 @@ def _run_batch(
 
 
 def _write(item: Item, image: np.ndarray, mask: np.ndarray, palette: np.ndarray, cam: CamModel | None) -> None:
-    save_mask(mask, palette, item.outputs["mask"])
+    save_mask_png(mask, item.outputs["mask"], palette)
     if "overlay" in item.outputs:
         save_overlay(image, mask, palette, item.outputs["overlay"])
     if cam is not None:

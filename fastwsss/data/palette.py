@@ -31,18 +31,19 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return palette
 
 
-def mask_to_image(mask: np.ndarray) -> Image.Image:
-    """A P-mode PIL image of a class-index mask (uint8, 255 = ignore) with the VOC palette."""
+def mask_to_image(mask: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
+    """A P-mode PIL image of a class-index mask (uint8, 255 = ignore) with `palette` ((N, 3) uint8,
+    default the VOC palette)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    image.putpalette(list(_palette(256)))
+    image.putpalette(list(_palette(256)) if palette is None else np.asarray(palette, np.uint8).reshape(-1).tolist())
     return image
 
 
-def save_mask_png(mask: np.ndarray, path: str | Path) -> None:
+def save_mask_png(mask: np.ndarray, path: str | Path, palette: np.ndarray | None = None) -> None:
     """Write a palette PNG atomically (temporary name, then rename)."""
     from fastwsss.io import atomic_path
 
     with atomic_path(path) as tmp:
-        mask_to_image(mask).save(tmp, format="PNG")
+        mask_to_image(mask, palette).save(tmp, format="PNG")

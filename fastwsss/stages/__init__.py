@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastwsss.errors import ConfigError
+from fastwsss.rundir import round_folder  # noqa: F401  (re-exported: where a round lives)
 from fastwsss.stages.context import StageContext
 
 
@@ -62,8 +63,6 @@ def plan(method: str, rounds: int, requested: str | None = None) -> list[Planned
     return planned
 
 
-def round_folder(round_: int) -> str:
-    return f"rounds/{round_}"
 
 
 def get_stage(name: str) -> Stage:

@@ -14,13 +14,11 @@ import torch
 
 from fastwsss.cam_inference import multiscale_cam, save_cam_npz
 from fastwsss.data import build_source
-from fastwsss.errors import CheckpointError, DataError
+from fastwsss.errors import DataError
 from fastwsss.io import atomic_path
-from fastwsss.methods.conta import ConfounderAttention
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.progress import log, track, warn
-from fastwsss.stages.cls import ATTENTION_FILE, classifier_checkpoint, uses_context
-from fastwsss.stages.confounder import load_confounders
+from fastwsss.stages.cls import classifier_checkpoint, load_attention, uses_context
 from fastwsss.stages.context import StageContext
 
 FOLDER = "cams"
@@ -37,13 +35,7 @@ def context_maps(ctx: StageContext) -> ExtraMap:
     """image id -> the classifier's extra input: CONTA's M_t (1, S, S) in rounds >= 1, else None."""
     if not uses_context(ctx):
         return lambda image_id: None
-    confounders, table = load_confounders(ctx.run.path)
-    attention = ConfounderAttention(confounders)
-    path = ctx.run.path / "cls" / ATTENTION_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: CONTA attention weights not found (run this round's cls stage)")
-    attention.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    attention.eval()
+    attention, table = load_attention(ctx.run.path)
 
     def extra(image_id: str) -> torch.Tensor:
         with torch.no_grad():

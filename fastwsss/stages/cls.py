@@ -20,8 +20,9 @@ from torch import nn
 
 from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
+from fastwsss.errors import CheckpointError
 from fastwsss.io import atomic_path
-from fastwsss.methods.conta import ConfounderAttention, ContextClassifier
+from fastwsss.methods.conta import ConfounderAttention, ContextClassifier, MaskTable
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
 from fastwsss.stages.confounder import load_confounders
 from fastwsss.stages.context import StageContext
@@ -68,6 +69,17 @@ def with_multipliers(groups: list[dict[str, Any]], head_lr_mult: float) -> list[
     """[backbone, head, ...] groups with the head's multiplier set (later groups keep theirs, else the head's)."""
     backbone, head, *rest = groups
     return [backbone, {**head, "lr_mult": head_lr_mult}, *({"lr_mult": head_lr_mult, **g} for g in rest)]
+
+
+def load_attention(round_path: Path) -> tuple[ConfounderAttention, MaskTable]:
+    """A CONTA round's trained Eq. 3 attention (eval mode) and its X_m table."""
+    confounders, table = load_confounders(round_path)
+    path = round_path / FOLDER / ATTENTION_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: CONTA attention weights not found (run this round's cls stage)")
+    attention = ConfounderAttention(confounders)
+    attention.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return attention.eval(), table
 
 
 def run_cls(ctx: StageContext) -> None:

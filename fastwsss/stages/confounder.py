@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fastwsss.data import build_source
-from fastwsss.data.base import read_label_png
+from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import save_mask_png
 from fastwsss.errors import CheckpointError, DataError
 from fastwsss.io import atomic_path
@@ -37,7 +37,7 @@ def load_confounders(round_path: Path) -> tuple[torch.Tensor, MaskTable]:
     return torch.from_numpy(np.load(path, allow_pickle=False)), MaskTable.load(round_path / FOLDER / XM_FILE)
 
 
-def _predict_missing(ctx: StageContext, ids: list[str], source, out: Path) -> None:  # noqa: ANN001
+def _predict_missing(ctx: StageContext, ids: list[str], source: SegmentationSource, out: Path) -> None:
     from fastwsss.models.deeplab import load_seg_model
     from fastwsss.stages.seg import predict_mask
 

@@ -28,7 +28,7 @@ class StageContext:
         """The run-directory view of the round before this one (CONTA rounds >= 1 only)."""
         if self.round is None or self.round < 1:
             raise ValueError(f"stage context of round {self.round} has no previous round")
-        return self.run.view(f"rounds/{self.round - 1}", round=self.round - 1)
+        return self.run.round_view(self.round - 1)
 
     def step(self, stage: str, count: int) -> None:
         if self.on_step is not None:

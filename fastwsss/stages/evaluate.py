@@ -22,7 +22,7 @@ from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import IGNORE_INDEX
 from fastwsss.errors import DataError
-from fastwsss.metrics import ConfusionMeter, json_ious
+from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.progress import track, warn
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
@@ -71,21 +71,11 @@ def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[st
         warn(f"eval: {missing} of {len(source.ids)} images had no CAM or mask and were left out")
     sweep = {f"{t:.2f}": meters[t].miou() for t in thresholds}
     best = max(thresholds, key=lambda t: np.nan_to_num(meters[t].miou(), nan=-1.0))
-    default = meters[e.cam_bg_threshold]
-    return {
-        "stage": "cam",
-        "split": source.split,
-        "method": ctx.config.method,
-        "miou": default.miou(),
-        "per_class_iou": json_ious(default.iou()),
-        "class_names": ["background", *source.class_names],
-        "bg_threshold": e.cam_bg_threshold,
-        "best_bg_threshold": best,
-        "best_miou": meters[best].miou(),
-        "sweep": sweep,
-        "images": evaluated,
-        "context_leakage": None if leakage is None else leakage.value(),
-    }
+    return score_row(
+        "cam", source.split, ctx.config.method, meters[e.cam_bg_threshold], source.class_names, evaluated,
+        bg_threshold=e.cam_bg_threshold, best_bg_threshold=best, best_miou=meters[best].miou(), sweep=sweep,
+        context_leakage=None if leakage is None else leakage.value(),
+    )
 
 
 def evaluate_mask_folder(ctx: StageContext, folder: Path, source: SegmentationSource, stage: str) -> dict[str, Any] | None:
@@ -116,16 +106,8 @@ def evaluate_mask_folder(ctx: StageContext, folder: Path, source: SegmentationSo
         return None
     if evaluated < len(source.ids):
         warn(f"eval: {stage}: {len(source.ids) - evaluated} of {len(source.ids)} images had no output and were left out")
-    return {
-        "stage": stage,
-        "split": source.split,
-        "method": ctx.config.method,
-        "miou": meter.miou(),
-        "per_class_iou": json_ious(meter.iou()),
-        "class_names": ["background", *source.class_names],
-        "confident_fraction": confident / max(labelled, 1),
-        "images": evaluated,
-    }
+    return score_row(stage, source.split, ctx.config.method, meter, source.class_names, evaluated,
+                     confident_fraction=confident / max(labelled, 1))
 
 
 def run_eval(ctx: StageContext) -> list[dict[str, Any]]:

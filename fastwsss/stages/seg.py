@@ -35,7 +35,8 @@ from fastwsss.data.datasets import SegmentationDataset
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.data.transforms import CropBox, draw_long_side, long_side_size, random_crop_box
 from fastwsss.errors import ConfigError, DataError, FastwsssError
-from fastwsss.metrics import ConfusionMeter, json_ious
+from fastwsss.metrics import ConfusionMeter, score_row
+from fastwsss.models import eval_mode
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
 from fastwsss.progress import track, warn
 from fastwsss.stages.context import StageContext
@@ -128,14 +129,8 @@ def predict_mask(model: nn.Module, image: np.ndarray, device: torch.device | str
     """
     if device is None:
         device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits = model(normalize_image(image, device))
-            mask = logits[0].argmax(dim=0).to(torch.uint8)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        mask = model(normalize_image(image, device))[0].argmax(dim=0).to(torch.uint8)
     return mask.cpu().numpy()
 
 
@@ -177,15 +172,7 @@ def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple
 
 
 def _score_row(ctx: StageContext, source: SegmentationSource, meter: ConfusionMeter, images: int) -> dict[str, Any]:
-    return {
-        "stage": STAGE,
-        "split": source.split,
-        "method": ctx.config.method,
-        "miou": meter.miou(),
-        "per_class_iou": json_ious(meter.iou()),
-        "class_names": ["background", *source.class_names],
-        "images": images,
-    }
+    return score_row(STAGE, source.split, ctx.config.method, meter, source.class_names, images)
 
 
 def _ground_truth(source: SegmentationSource, image_id: str, shape: tuple[int, ...]) -> np.ndarray | None:
