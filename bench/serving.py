@@ -1,6 +1,7 @@
 """Serving benchmark: latency, throughput and parity of every backend of export/runtime.py available here.
 
     python -m bench.serving                                # random-weight DeepLab-v2 resnet18_half, 11 classes
+    python -m bench.serving --arch deeplabv2:resnet101:21  # random-weight VOC-size model (the voc preset's)
     python -m bench.serving --model runs/voc --device cuda --json /tmp/serving.json
     python -m bench.serving --model runs/voc/export/model.onnx
 
@@ -71,14 +72,24 @@ def make_images(size: int, count: int) -> np.ndarray:
     return np.stack(out)
 
 
-def load_model(model: Path | None) -> tuple[torch.nn.Module | None, list[str], dict[str, Any], Path | None]:
+def parse_arch(text: str) -> tuple[str, str, int]:
+    """"deeplabv2:resnet101:21" -> ("deeplabv2", "resnet101", 21): the random-weight model to time."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 2:
+        raise argparse.ArgumentTypeError(f"--arch wants MODEL:BACKBONE:LABELS, e.g. deeplabv2:resnet101:21; got {text!r}")
+    return parts[0], parts[1], int(parts[2])
+
+
+def load_model(
+    model: Path | None, arch: tuple[str, str, int] = RANDOM_MODEL
+) -> tuple[torch.nn.Module | None, list[str], dict[str, Any], Path | None]:
     """(torch model or None, foreground class names, model description, ONNX file given)."""
     from fastwsss.artifacts import final_seg_checkpoint
     from fastwsss.models.deeplab import build_seg_model, load_seg_model
 
     if model is None:
         torch.manual_seed(0)
-        name, backbone, labels = RANDOM_MODEL
+        name, backbone, labels = arch
         net = build_seg_model(name, backbone, labels).eval()
         info = {
             "source": "random weights (no --model given)",
@@ -172,6 +183,8 @@ def time_case(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="RUNDIR, seg checkpoint or .onnx; default: random")
+    parser.add_argument("--arch", type=parse_arch, default=RANDOM_MODEL, metavar="MODEL:BACKBONE:LABELS",
+                        help="random-weight model when no --model is given (the voc preset: deeplabv2:resnet101:21)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i]; default: cuda when present")
     parser.add_argument("--size", type=int, default=512, help="square image side")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
@@ -204,7 +217,7 @@ def make_reference_input(image: np.ndarray, device: torch.device) -> torch.Tenso
 
 
 def run_cases(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    net, names, info, given_onnx = load_model(args.model)
+    net, names, info, given_onnx = load_model(args.model, args.arch)
     batches = [int(b) for b in args.batches.split(",")]
     images = make_images(args.size, max(batches))
     results: list[dict[str, Any]] = []

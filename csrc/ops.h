@@ -16,4 +16,11 @@ cudaError_t cam_norm_f32(const float* x, float* out, long planes, long n, float 
 cudaError_t random_walk_steps_f32(float* x, float* scratch, const float* w, const int* dy, const int* dx, int taps,
                                   int batch, int classes, int height, int width, long steps, cudaStream_t stream);
 
+// The same steps in ONE cooperative launch with a grid-wide barrier between steps. Returns
+// cudaErrorNotSupported where the device cannot launch cooperatively (the caller then uses the per-step
+// launcher above).
+cudaError_t random_walk_steps_persistent_f32(float* x, float* scratch, const float* w, const int* dy, const int* dx,
+                                             int taps, int batch, int classes, int height, int width, long steps,
+                                             cudaStream_t stream);
+
 }  // namespace fastwsss

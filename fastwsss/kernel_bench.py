@@ -115,6 +115,39 @@ def _copy_bandwidth(device: torch.device, repeats: int) -> dict[str, Any]:
     return {"bytes": 2 * x.numel() * 4, **timing_fields(timing), "gbps": 2 * x.numel() * 4 / timing.median_ms / 1e6}
 
 
+def _graphed(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`fn` captured once in a CUDA graph on its first inputs and replayed after (inputs must keep their storage)."""
+    state: dict[str, Any] = {}
+
+    def run(*args: Any) -> torch.Tensor:
+        if "graph" not in state:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn(*args)  # warm-up outside the capture: compilation, autotuning, allocations
+            torch.cuda.current_stream().wait_stream(side)
+            state["graph"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(state["graph"]):
+                state["out"] = fn(*args)
+        state["graph"].replay()
+        return state["out"]
+
+    return run
+
+
+def _walk_launch_variants(backends: dict[str, Callable[..., torch.Tensor]]) -> dict[str, Callable[..., torch.Tensor]]:
+    """The walk's launch overhead made visible: CUDA's per-step launcher next to its default persistent one, and
+    the Triton walk's 2^k launches replayed from a CUDA graph (what a capture would buy; not a library path)."""
+    import functools
+
+    variants: dict[str, Callable[..., torch.Tensor]] = {}
+    if "cuda" in backends:
+        variants["cuda (per-step launches)"] = functools.partial(backends["cuda"], launch="steps")
+    if "triton" in backends:
+        variants["triton (CUDA graph replay)"] = _graphed(backends["triton"])
+    return variants
+
+
 def run_case(case: Case, device: torch.device, repeats: int, use_compile: bool, dense: bool) -> list[dict[str, Any]]:
     inputs = case.make(device)
     args, backward = inputs["args"], inputs["backward"]
@@ -122,6 +155,8 @@ def run_case(case: Case, device: torch.device, repeats: int, use_compile: bool, 
     candidates: dict[str, Callable[..., torch.Tensor]] = {"eager": backends.pop("reference"), **backends}
     if use_compile and case.op != "random_walk":  # the walk's 256-step Python loop is not a sensible graph
         candidates["compile"] = torch.compile(implementations(case.op)["reference"])
+    if case.op == "random_walk" and device.type == "cuda":
+        candidates.update(_walk_launch_variants(backends))
     if dense and case.op == "random_walk":
         from fastwsss.kernels.random_walk import random_walk_reference_dense
 

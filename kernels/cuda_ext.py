@@ -21,8 +21,18 @@ def cam_norm_cuda(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return _extension().cam_norm(cams.float().contiguous(), float(eps)).to(cams.dtype)
 
 
-def random_walk_steps_cuda(x: torch.Tensor, offsets: Sequence[tuple[int, int]], weights: torch.Tensor, steps: int) -> torch.Tensor:
+WALK_LAUNCHES = {"auto": 0, "steps": 1, "persistent": 2}
+"""csrc/random_walk.cu's launch schemes: "persistent" (one cooperative launch, a grid barrier between steps),
+"steps" (one launch per step), "auto" (persistent where the device can launch cooperatively)."""
+
+
+def random_walk_steps_cuda(
+    x: torch.Tensor, offsets: Sequence[tuple[int, int]], weights: torch.Tensor, steps: int, launch: str = "auto"
+) -> torch.Tensor:
     """csrc/random_walk.cu: `apply_taps` (kernels/random_walk.py) for fp32 CUDA tensors."""
+    if launch not in WALK_LAUNCHES:
+        raise ValueError(f"launch must be one of {', '.join(WALK_LAUNCHES)}, got {launch!r}")
     dy = [int(o[0]) for o in offsets]
     dx = [int(o[1]) for o in offsets]
-    return _extension().random_walk_steps(x.float().contiguous(), weights.float().contiguous(), dy, dx, int(steps))
+    x, weights = x.float().contiguous(), weights.float().contiguous()
+    return _extension().random_walk_steps(x, weights, dy, dx, int(steps), WALK_LAUNCHES[launch])

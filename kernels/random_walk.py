@@ -228,7 +228,9 @@ def random_walk_reference_dense(
 #   a persistent program per (image, class block) because one step's grid already fills a GPU on real grids
 #   (94 x 125, 21 classes: ~280 programs) and it needs no synchronisation through global memory inside a
 #   program; the price is 2^exp_times launches (256 by default, vs the reference's 69 torch ops per step). No
-#   CUDA-graph capture: pseudo-label grids differ per image, so a captured graph would rarely be replayed.
+#   CUDA-graph capture: pseudo-label grids differ per image, so a captured graph would rarely be replayed. The
+#   CUDA backend (csrc/random_walk.cu) removes the launches instead: one cooperative launch loops over the steps
+#   with a grid barrier between them, which works for any grid size without a capture.
 # Every load and store is masked (pixel < n, class < K, direction < D); masked-in addresses are in bounds by
 # the padding above. Trip counts (taps, directions, path length) are constexpr: one compilation per radius, and
 # the triton 3.6 interpreter cannot take a runtime loop bound under numpy 2.
@@ -502,10 +504,16 @@ def _random_walk_triton(
 
 @torch.no_grad()
 def _random_walk_cuda(
-    cams: torch.Tensor, edge: torch.Tensor, beta: float = 10.0, exp_times: int = 8, radius: int = 5
+    cams: torch.Tensor,
+    edge: torch.Tensor,
+    beta: float = 10.0,
+    exp_times: int = 8,
+    radius: int = 5,
+    launch: str = "auto",
 ) -> torch.Tensor:
     """The "cuda" backend (csrc/random_walk.cu via fastwsss._C): the taps from Triton's kernel 1 where triton
-    is installed (else `transition_taps`), then the 2^exp_times steps in hand-written CUDA, fp32."""
+    is installed (else `transition_taps`), then the 2^exp_times steps in hand-written CUDA, fp32: by default
+    in one persistent cooperative launch (`launch`: see `cuda_ext.WALK_LAUNCHES`)."""
     _check(cams, edge, beta, exp_times, radius)
     squeeze = cams.dim() == 3
     x = cams.unsqueeze(0) if squeeze else cams
@@ -513,7 +521,8 @@ def _random_walk_cuda(
     edge4 = edge.detach().reshape(batch, 1, height, width).float()
     taps = _transition_taps_triton if triton is not None else transition_taps
     offsets, weights = taps(edge4, beta, radius)
-    out = random_walk_steps_cuda(x.detach().float() * (1.0 - edge4), offsets, weights, 2**exp_times).to(cams.dtype)
+    x = x.detach().float() * (1.0 - edge4)
+    out = random_walk_steps_cuda(x, offsets, weights, 2**exp_times, launch).to(cams.dtype)
     return out.squeeze(0) if squeeze else out
 
 

@@ -60,6 +60,15 @@ def test_kernels_equal_the_references_on_gpu(extension) -> None:  # noqa: ANN001
     edge = torch.rand(2, 1, 11, 9, device="cuda")
     x = torch.rand(2, 3, 11, 9, device="cuda")
     offsets, weights = transition_taps(edge, 10.0, 5)
-    for steps in (0, 1, 3, 16):
-        got = extension.random_walk_steps(x, weights.contiguous(), [o[0] for o in offsets], [o[1] for o in offsets], steps)
-        torch.testing.assert_close(got, apply_taps(x, offsets, weights, steps), atol=1e-5, rtol=1e-5)
+    dy, dx = [o[0] for o in offsets], [o[1] for o in offsets]
+    for launch in (0, 1, 2):  # auto, one launch per step, one persistent cooperative launch
+        for steps in (0, 1, 3, 16, 256):
+            got = extension.random_walk_steps(x, weights.contiguous(), dy, dx, steps, launch)
+            want = apply_taps(x.double(), offsets, weights.double(), steps).float()
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"launch {launch}, {steps} steps")
+    # More elements than co-resident threads: the persistent kernel's threads stride over several elements.
+    edge = torch.rand(1, 1, 300, 310, device="cuda")
+    x = torch.rand(1, 21, 300, 310, device="cuda")
+    offsets, weights = transition_taps(edge, 10.0, 5)
+    got = extension.random_walk_steps(x, weights.contiguous(), dy, dx, 8, 2)
+    torch.testing.assert_close(got, apply_taps(x, offsets, weights, 8), atol=1e-5, rtol=1e-5)
