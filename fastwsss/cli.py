@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
-from fastwsss.config import PRESETS, RunConfig, get_preset, validate
+from fastwsss.config import PRESETS, RunConfig, get_preset, parse_setting, validate
+from fastwsss.distributed import PeerStopped
 from fastwsss.errors import ConfigError, FastwsssError, one_line
-from fastwsss.progress import console
+from fastwsss.progress import console, rank_prefix
 
 app = typer.Typer(
     help="Weakly-supervised semantic segmentation: image tags in, pixel masks out.\n\n"
@@ -38,8 +40,13 @@ def friendly_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except PeerStopped:
+            # Rank 0 prints the error and exits 2; exiting 0 here lets torchrun name rank 0 as the root cause
+            # instead of killing it while it reports.
+            raise typer.Exit(0) from None
         except FastwsssError as exc:
-            console.print(f"[red]error:[/red] {one_line(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(rank_prefix())}{one_line(str(exc))}", markup=True, highlight=False,
+                          soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted:[/yellow] rerun the same command with --resume to continue")
@@ -103,6 +110,11 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N]")] = None,
     num_workers: Annotated[int | None, typer.Option(help="Data loader worker processes")] = None,
     cls_labels: Annotated[Path | None, typer.Option(help="IRNet-style cls_labels.npy (else labels from masks)")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", metavar="SECTION.NAME=VALUE",
+        help="Any setting of `fastwsss presets NAME`, e.g. --set seg.epochs=4 --set cam.scales=1.0,0.5 "
+        "(repeatable)")] = None,
+    nproc: Annotated[int, typer.Option(help="Processes to start with torchrun (one per GPU; gloo on the CPU); "
+        "same as `torchrun --nproc-per-node N -m fastwsss train ...`")] = 1,
 ) -> None:
     """Train a method end to end (or the --stages you name). With no options: the default synthetic job.
 
@@ -117,9 +129,17 @@ def train(
       fastwsss train --method c2am                     # C2AM: baseline, global CAM, fine-tune, rest
 
       fastwsss train --data voc --preset voc --root ~/VOCdevkit/VOC2012 --weights resnet50.pth
+
+      fastwsss train --data voc --preset voc --root ... --weights ... --nproc 4   # 4 GPUs, DistributedDataParallel
     """
+    from fastwsss.distributed import launched_world, shutdown
     from fastwsss.pipeline import run_pipeline
     from fastwsss.rundir import RunDir
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+    if nproc > 1 and not launched_world().distributed:
+        raise typer.Exit(launch_torchrun(nproc, without_option(sys.argv[1:], "--nproc")))
 
     options = {
         "method": method, "seed": seed, "device": device, "conta.rounds": rounds,
@@ -130,12 +150,52 @@ def train(
     }
     if data in ("voc", "coco") and preset == "synthetic":
         preset = data
-    config = validate(apply_options(get_preset(preset, method or "cam"), options))
+    base = get_preset(preset, method or "cam")
+    options.update(parse_setting(base, text) for text in settings or [])
+    config = validate(apply_options(base, options))
     if resume and out is not None and (out / "config.json").is_file():
         saved = RunDir(out).load_config()
         check_resume_options(saved, options, out)
-    run = run_pipeline(config, out=out, stages=stages, resume=resume)
-    _print_metrics(run.path, verbose=False)
+    try:
+        run = run_pipeline(config, out=out, stages=stages, resume=resume)
+        if launched_world().is_main:
+            _print_metrics(run.path, verbose=False)
+    finally:
+        shutdown()
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """`argv` with `name VALUE` and `name=VALUE` removed."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == name:
+            skip = True
+        elif not item.startswith(f"{name}="):
+            out.append(item)
+    return out
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Start `python -m fastwsss ARGV` in `nproc` processes with torchrun on this machine; their exit code.
+
+    Every process prints its own one-line errors; this adds one line saying which ranks failed.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    console.print(f"starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m fastwsss", soft_wrap=True)
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "fastwsss", *argv])
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+        listed = ", ".join(f"rank {rank}: exit code {code}" for rank, code in sorted(codes.items()))
+        console.print(f"[red]error:[/red] {len(codes)} of {nproc} processes failed ({listed}); their messages are above",
+                      soft_wrap=True)
+        return max((c for c in codes.values() if c and c > 0), default=1)
+    return 0
 
 
 def _print_metrics(rundir: Path, verbose: bool) -> None:

@@ -8,6 +8,7 @@ RUNDIR/config.json and read back on `--resume`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -404,3 +405,54 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Inverse of `RunConfig.to_dict` (for config.json)."""
     return validate(_from_dict(RunConfig, values))
+
+
+def _coerce(text: str, current: Any, setting: str) -> Any:
+    """`text` as a value of the type `current` has (bool, int, float, str, tuple, or None: JSON or text)."""
+    lowered = text.strip().lower()
+    try:
+        if isinstance(current, bool):
+            if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError("expected true or false")
+            return lowered in ("true", "1", "yes", "on")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, tuple):
+            items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
+            kind = type(current[0]) if current else str
+            return tuple(_coerce(str(item), kind(), setting) if kind is not str else str(item).strip() for item in items)
+        if current is None:
+            if lowered in ("none", "null", ""):
+                return None
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text
+        return text
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{setting}: cannot read {text!r} as {type(current).__name__} ({exc})") from None
+
+
+def parse_setting(config: RunConfig, assignment: str) -> tuple[str, Any]:
+    """"cls.epochs=3" -> ("cls.epochs", 3), the value converted to the setting's type in `config`.
+
+    An unknown section or setting is a ConfigError listing the valid names.
+    """
+    dotted, sep, text = assignment.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted:
+        raise ConfigError(f"--set: expected SECTION.NAME=VALUE (e.g. cls.epochs=3), got {assignment!r}")
+    current: Any = config
+    path: list[str] = []
+    for name in dotted.split("."):
+        names = [f.name for f in dataclasses.fields(current)] if dataclasses.is_dataclass(current) else []
+        if name not in names:
+            where = ".".join(path) or "settings"
+            raise ConfigError(f"--set {dotted}: unknown name {name!r} in {where}; valid: {', '.join(names) or 'none'}")
+        current = getattr(current, name)
+        path.append(name)
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"--set {dotted}: a section, not a setting; valid: {', '.join(f.name for f in dataclasses.fields(current))}")
+    return dotted, _coerce(text, current, dotted)

@@ -15,6 +15,7 @@ the affinities of `fastwsss.affinity.path_max_affinity`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -71,13 +72,24 @@ def pair_masks(grid_labels: torch.Tensor, radius: int) -> PairMasks:
     )
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+BatchMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""batch_mean(total, count): a sum turned into a mean; `local_mean`, or under DistributedDataParallel
+`fastwsss.distributed.global_batch_mean` (the count of the whole global batch)."""
+
+
+def local_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """total / count over this process's batch; 0 for an empty set, never NaN."""
+    return total / count.clamp(min=1)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, batch_mean: BatchMean) -> torch.Tensor:
     """Mean of `values` over `mask` (over the whole batch); 0 for an empty mask, never NaN."""
-    total = torch.where(mask, values, torch.zeros_like(values)).sum()
-    return total / mask.sum().clamp(min=1)
+    return batch_mean(torch.where(mask, values, torch.zeros_like(values)).sum(), mask.sum())
 
 
-def affinity_loss(aff: torch.Tensor, masks: PairMasks) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def affinity_loss(
+    aff: torch.Tensor, masks: PairMasks, batch_mean: BatchMean = local_mean
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """IRN's affinity loss on affinities `aff` (B, D, h, w) in [0, 1].
 
     bg_pos = mean over bg_pos pairs of -log(a + 1e-5), fg_pos likewise, neg = mean over neg pairs of
@@ -89,8 +101,8 @@ def affinity_loss(aff: torch.Tensor, masks: PairMasks) -> tuple[torch.Tensor, di
         raise ValueError(f"affinities {tuple(aff.shape)} and pair masks {tuple(masks.bg_pos.shape)} differ in shape")
     pos_term = -torch.log(aff + EPS)
     neg_term = -torch.log(1.0 + EPS - aff)
-    bg_pos = _masked_mean(pos_term, masks.bg_pos)
-    fg_pos = _masked_mean(pos_term, masks.fg_pos)
-    neg = _masked_mean(neg_term, masks.neg)
+    bg_pos = _masked_mean(pos_term, masks.bg_pos, batch_mean)
+    fg_pos = _masked_mean(pos_term, masks.fg_pos, batch_mean)
+    neg = _masked_mean(neg_term, masks.neg, batch_mean)
     pos = bg_pos / 2 + fg_pos / 2
     return (pos + neg) / 2, {"bg_pos": bg_pos, "fg_pos": fg_pos, "pos": pos, "neg": neg}

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastwsss.config import RunConfig, validate
+from fastwsss.config import RunConfig, config_from_dict, validate
 from fastwsss.crf import crf_available
+from fastwsss.distributed import all_gather, barrier, init_from_env, on_main, world
 from fastwsss.errors import ConfigError
 from fastwsss.progress import log
 from fastwsss.rundir import RunDir, create_or_resume
@@ -22,10 +23,21 @@ def default_run_name(config: RunConfig) -> str:
     return f"{config.method}-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def preflight(config: RunConfig, stage_names: list[str]) -> None:
+TRAINING_STAGES = ("cls", "c2am", "irn", "seg")
+"""Stages whose section of the config has a `batch_size` that DistributedDataParallel splits over the ranks."""
+
+
+def preflight(config: RunConfig, stage_names: list[str], processes: int = 1) -> None:
     """Checks of the environment that would otherwise fail hours into a run."""
     if "ir_label" in stage_names and config.ir_label.crf and not crf_available():
         raise ConfigError("ir_label.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or set crf off")
+    for stage in TRAINING_STAGES:
+        batch = getattr(config, stage).batch_size
+        if stage in stage_names and batch % processes:
+            raise ConfigError(
+                f"{stage}.batch_size: a batch of {batch} does not split evenly over {processes} processes; "
+                f"choose a multiple of {processes} (--set {stage}.batch_size=...)"
+            )
 
 
 def run_pipeline(
@@ -38,15 +50,25 @@ def run_pipeline(
     """Run `stages` (default: all of the method's) in RUNDIR; with `resume`, finished stages are skipped and
     unfinished ones continue from their last checkpoint or last finished image."""
     config = validate(config)
-    preflight(config, [stage.name for stage in stages_for(config.method, stages)])
-    out = Path(out) if out is not None else Path("runs") / default_run_name(config)
-    run, config = create_or_resume(out, config, resume)
+    device = init_from_env(resolve_device(config.device))  # joins torchrun's process group, if any
+    on_main(lambda: preflight(config, [stage.name for stage in stages_for(config.method, stages)], world().size))
+    out = Path(all_gather(str(out) if out is not None else str(Path("runs") / default_run_name(config)))[0])
+    locked: list[RunDir] = []
+
+    def create() -> dict:
+        run, saved = create_or_resume(out, config, resume)  # rank 0 alone locks and writes config.json
+        locked.append(run)
+        return saved.to_dict()
+
+    config = config_from_dict(on_main(create))
+    run = locked[0] if locked else RunDir(out)
     try:
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
         torch.manual_seed(config.seed)
-        device = resolve_device(config.device)
-        log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {device})")
+        w = world()
+        ranks = f", {w.size} processes" if w.distributed else ""
+        log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {device}{ranks})")
         for planned in plan(config.method, config.conta.rounds, stages):
             stage, round_ = planned.stage, planned.round
             view = run if round_ is None else run.round_view(round_)
@@ -56,7 +78,11 @@ def run_pipeline(
                 continue
             ctx = StageContext(config=config, run=view, device=device, resume=resume, on_step=on_step, round=round_)
             started = time.perf_counter()
-            stage.run(ctx)
+            if stage.all_ranks:
+                stage.run(ctx)
+            else:
+                on_main(lambda ctx=ctx, stage=stage: stage.run(ctx))
+            barrier()  # every rank sees the stage's outputs (and its DONE marker) before the next one starts
             log(f"{name}: done in {time.perf_counter() - started:.1f} s")
     finally:
         run.unlock()

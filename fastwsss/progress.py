@@ -22,8 +22,21 @@ T = TypeVar("T")
 console = Console(stderr=True, highlight=False)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (RANK is set by the launcher; 0 otherwise)."""
+    value = os.environ.get("RANK", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def rank_prefix() -> str:
+    """"[rank r] " in a multi-process run, so that a message says which process it comes from; else ""."""
+    size = os.environ.get("WORLD_SIZE", "1")
+    return f"[rank {_rank()}] " if size.isdigit() and int(size) > 1 else ""
+
+
 def progress_enabled() -> bool:
-    return os.environ.get("FASTWSSS_NO_PROGRESS", "0") not in ("1", "true", "yes")
+    """Bars unless FASTWSSS_NO_PROGRESS=1; in a multi-process run only rank 0 draws them (its own share)."""
+    return os.environ.get("FASTWSSS_NO_PROGRESS", "0") not in ("1", "true", "yes") and _rank() == 0
 
 
 def make_progress() -> Progress:
@@ -53,8 +66,11 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 def log(message: str) -> None:
-    console.print(message)
+    """A progress message; in a multi-process run only rank 0 prints (every rank does the same work)."""
+    if _rank() == 0:
+        console.print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    """A warning from any rank (each rank reads its own share of the files), tagged with the rank if several."""
+    console.print(f"[yellow]warning:[/yellow] {escape(rank_prefix() + message)}", soft_wrap=True)

@@ -3,7 +3,9 @@
     RUNDIR/config.json  metrics.jsonl  cls/ckpt.pt  cams/<id>.npz  ...
 
 A run directory belongs to one run at a time (an exclusive lock), is never silently reused (an existing
-run needs --resume), and every file in it is written atomically.
+run needs --resume), and every file in it is written atomically. Under torchrun only rank 0 writes the
+shared files (config.json, metrics.jsonl, DONE markers) and holds the lock; the other ranks' calls of those
+writers do nothing (fastwsss.distributed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastwsss.config import RunConfig, config_from_dict
+from fastwsss.distributed import is_main
 from fastwsss.errors import RunDirError
 from fastwsss.io import append_jsonl, read_jsonl, remove_orphan_temps, write_json
 
@@ -75,12 +78,15 @@ class RunDir:
         return config_from_dict(values)
 
     def save_config(self, config: RunConfig) -> None:
+        if not is_main():
+            return
         write_json(self.config_path, config.to_dict())
 
     def log_metric(self, row: dict[str, Any]) -> dict[str, Any]:
         """Append one metrics row (with a timestamp) to metrics.jsonl and return it."""
         row = {**self.tags, **row, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        append_jsonl(self.metrics_path, row)
+        if is_main():
+            append_jsonl(self.metrics_path, row)
         return row
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -90,6 +96,8 @@ class RunDir:
         return (self.path / stage / "DONE").exists()
 
     def mark_done(self, stage: str, info: dict[str, Any] | None = None) -> None:
+        if not is_main():
+            return
         write_json(self.path / stage / "DONE", {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})})
 
     def lock(self) -> None:

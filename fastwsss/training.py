@@ -5,6 +5,14 @@ with the model and optimiser after every epoch (RUNDIR/<stage>/last.pt), so a ru
 trains exactly as an uninterrupted one. Learning rates follow the poly schedule from each parameter
 group's "initial_lr". A non-finite loss stops the stage with one line naming the step, keeping the last
 good checkpoint.
+
+Under torchrun (fastwsss.distributed) the model is wrapped in DistributedDataParallel and every global
+batch of `batch_size` images is split evenly over the ranks, so one step sees the same images as in a
+single process; losses that average over pixels or pairs use `global_batch_mean`, so the gradient is the
+single-process one up to float rounding. BatchNorm in training mode is the exception: on CUDA it becomes
+SyncBatchNorm (statistics over the global batch); on the CPU (gloo) each rank normalises with its own
+images' statistics, because SyncBatchNorm has no CPU implementation. Rank 0 alone writes last.pt and the
+metrics rows.
 """
 
 from __future__ import annotations
@@ -17,12 +25,44 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from fastwsss.errors import CheckpointError, FastwsssError
+from fastwsss.distributed import mean_over_ranks, split_batch, world
+from fastwsss.errors import CheckpointError, DataError, FastwsssError
 from fastwsss.io import atomic_path
-from fastwsss.progress import log, make_progress
+from fastwsss.progress import log, make_progress, warn
 from fastwsss.stages.context import StageContext
+
+
+class SkipUnreadable(Dataset):
+    """A training set that replaces a sample it cannot read by the next readable one, warning once per file.
+
+    One corrupt image or bad mask among thousands (a DataError naming the file) must not stop hours of
+    training. The replacement is a pure function of the index and of which files are unreadable, so
+    resumed and multi-process runs draw the same samples.
+    """
+
+    def __init__(self, dataset: Any, stage: str) -> None:
+        self.dataset, self.stage, self.bad = dataset, stage, set()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        size = len(self.dataset)
+        for offset in range(size):
+            candidate = (index + offset) % size
+            if candidate in self.bad:
+                continue
+            try:
+                return self.dataset[candidate]
+            except DataError as exc:
+                self.bad.add(candidate)
+                warn(f"{self.stage}: {exc}; training uses the next readable image in its place")
+        raise DataError(f"{self.stage}: none of the {size} training images could be read")
 
 
 def poly_lr(base_lr: float, step: int, max_step: int, power: float = 0.9) -> float:
@@ -64,8 +104,10 @@ class TrainJob:
     epochs: int
     batch_size: int
     last_path: Path
-    compute_loss: Callable[[dict[str, Any]], torch.Tensor]
-    """Loss of one batch; tensors in the batch are already on the stage's device."""
+    compute_loss: Callable[[nn.Module, dict[str, Any]], torch.Tensor]
+    """compute_loss(forward, batch): the loss of one batch, calling `forward` (the model, or its
+    DistributedDataParallel wrapper, which must be called for the gradients to be averaged over the ranks)
+    where the stage would call the model; tensors in the batch are already on the stage's device."""
     hint: str
     """What to try when the loss is not finite (names the setting)."""
     checkpointed: nn.Module | None = None
@@ -93,6 +135,21 @@ def _resume(ctx: StageContext, job: TrainJob, module: nn.Module) -> tuple[int, i
     return start_epoch, step
 
 
+def distributed_forward(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` itself for one process; under torchrun, its DistributedDataParallel wrapper (SyncBatchNorm on CUDA).
+
+    The BatchNorm conversion keeps the Parameter objects, so the optimiser built on `model` stays valid.
+    """
+    if not world().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[device.index])
+    return DistributedDataParallel(model)
+
+
 def run_epochs(ctx: StageContext, job: TrainJob) -> int:
     """Train `job` for its epochs (continuing from last.pt on --resume); returns the number of steps."""
     cfg = ctx.config
@@ -100,21 +157,24 @@ def run_epochs(ctx: StageContext, job: TrainJob) -> int:
     batch = min(job.batch_size, len(job.dataset))
     steps_per_epoch = len(job.dataset) // batch
     max_step = steps_per_epoch * job.epochs
+    part = len(split_batch(list(range(batch)), batch, f"{job.stage}.batch_size"))  # this rank's images per step
     start_epoch, step = _resume(ctx, job, module)
+    forward = distributed_forward(job.model, ctx.device)
+    dataset = SkipUnreadable(job.dataset, job.stage)
     with make_progress() as progress:
         task = progress.add_task(f"{job.stage}: train", total=max_step, completed=step, info="")
         for epoch in range(start_epoch, job.epochs):
-            job.dataset.set_epoch(epoch)
-            order = epoch_order(len(job.dataset), cfg.seed, epoch)[: steps_per_epoch * batch]
-            loader = DataLoader(job.dataset, batch_size=batch, sampler=order, num_workers=cfg.data.num_workers, drop_last=True)
+            dataset.set_epoch(epoch)
+            order = split_batch(epoch_order(len(dataset), cfg.seed, epoch)[: steps_per_epoch * batch], batch)
+            loader = DataLoader(dataset, batch_size=part, sampler=order, num_workers=cfg.data.num_workers, drop_last=True)
             job.model.train()
             total, count = 0.0, 0
             for sample in loader:
                 sample = {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in sample.items()}
                 for group in job.optimizer.param_groups:
                     group["lr"] = poly_lr(group["initial_lr"], step, max_step)
-                loss = job.compute_loss(sample)
-                value = loss.item()
+                loss = job.compute_loss(forward, sample)
+                value = mean_over_ranks(loss.item(), ctx.device)  # every rank sees the same value (and NaN)
                 if not math.isfinite(value):
                     kept = job.last_path if job.last_path.exists() else "none (first epoch)"
                     raise FastwsssError(
@@ -132,8 +192,9 @@ def run_epochs(ctx: StageContext, job: TrainJob) -> int:
             row = {"stage": job.metric_stage, "split": job.split, "method": cfg.method, "epoch": epoch + 1,
                    "loss": total / max(count, 1), "miou": None, "per_class_iou": None}
             # The row travels in last.pt so that a kill between the two writes cannot lose it (see _resume).
-            with atomic_path(job.last_path) as tmp:
-                torch.save({"model": module.state_dict(), "optimizer": job.optimizer.state_dict(),
-                            "epoch": epoch, "step": step, "rng": rng_state(), "metrics_row": row}, tmp)
+            if world().is_main:
+                with atomic_path(job.last_path) as tmp:
+                    torch.save({"model": module.state_dict(), "optimizer": job.optimizer.state_dict(),
+                                "epoch": epoch, "step": step, "rng": rng_state(), "metrics_row": row}, tmp)
             ctx.run.log_metric(row)
     return step

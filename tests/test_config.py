@@ -1,9 +1,10 @@
 import dataclasses
+import re
 
 import pytest
 
 from fastwsss.cli import apply_options, check_resume_options
-from fastwsss.config import PRESETS, config_from_dict, get_preset, validate
+from fastwsss.config import PRESETS, config_from_dict, get_preset, parse_setting, validate
 from fastwsss.errors import ConfigError
 
 
@@ -68,3 +69,42 @@ def test_resume_refuses_conflicting_explicit_option(tmp_path):
     check_resume_options(saved, {"cls.epochs": saved.cls.epochs, "seed": None}, tmp_path)
     with pytest.raises(ConfigError, match="cls.epochs"):
         check_resume_options(saved, {"cls.epochs": saved.cls.epochs + 1}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, dotted, value",
+    [
+        ("cls.epochs=3", "cls.epochs", 3),
+        ("cls.lr=0.5", "cls.lr", 0.5),
+        ("cls.freeze_bn=true", "cls.freeze_bn", True),
+        ("cls.freeze_bn=off", "cls.freeze_bn", False),
+        ("cam.scales=1.0,0.5", "cam.scales", (1.0, 0.5)),
+        ("cam.scales=[1, 2]", "cam.scales", (1.0, 2.0)),
+        ("data.synth.num_train=64", "data.synth.num_train", 64),
+        ("cls.weights=/w/resnet50.pth", "cls.weights", "/w/resnet50.pth"),
+        ("cls.weights=none", "cls.weights", None),
+        ("method=conta", "method", "conta"),
+    ],
+)
+def test_set_option_converts_to_the_setting_type(text, dotted, value):
+    got = parse_setting(get_preset("tiny"), text)
+    assert got == (dotted, value) and type(got[1]) is type(value)
+    if isinstance(value, tuple):
+        assert all(type(v) is float for v in got[1])
+    validate(apply_options(get_preset("tiny"), dict([got])))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cls.epochs", "expected SECTION.NAME=VALUE"),
+        ("cls.nope=1", "unknown name 'nope' in cls; valid: backbone"),
+        ("clss.epochs=1", "unknown name 'clss' in settings; valid: "),
+        ("cls=1", "a section, not a setting"),
+        ("cls.epochs=three", "cls.epochs: cannot read 'three' as int"),
+        ("cls.freeze_bn=maybe", "cls.freeze_bn: cannot read 'maybe' as bool"),
+    ],
+)
+def test_set_option_errors_name_the_setting(text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_setting(get_preset("tiny"), text)

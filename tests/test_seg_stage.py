@@ -147,7 +147,7 @@ def test_missing_pseudo_dir_is_named(tmp_path: Path) -> None:
 
 def test_non_finite_loss_names_epoch_and_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run, cfg = new_run(tmp_path / "run")
-    monkeypatch.setattr(seg_stage, "seg_loss", lambda logits, masks: logits.sum() * float("nan"))
+    monkeypatch.setattr(seg_stage, "seg_loss", lambda logits, masks, mean: logits.sum() * float("nan"))
     with pytest.raises(FastwsssError, match=r"loss is nan at epoch 1 step 1; the last good checkpoint.*none"):
         run_seg(StageContext(cfg, run, torch.device("cpu")))
     run.unlock()

@@ -16,22 +16,25 @@ class Stage:
     folder: str
     """Folder under RUNDIR holding the stage's outputs and its DONE marker (None-like '' = always rerun)."""
     run: Callable[[StageContext], object]
+    all_ranks: bool = True
+    """Under torchrun: True when every rank runs it (DDP training, or sharded per-image work); False when
+    rank 0 runs it alone while the others wait (stages that reduce over all images at once)."""
 
 
 def _registry() -> dict[str, Stage]:
     from fastwsss.stages import c2am_cls, cam, cls, confounder, evaluate, global_cam, ir_label, irn, pseudo, seg
 
     return {
-        "confounder": Stage("confounder", confounder.FOLDER, confounder.run_confounder),
+        "confounder": Stage("confounder", confounder.FOLDER, confounder.run_confounder, all_ranks=False),
         "cls": Stage("cls", cls.FOLDER, cls.run_cls),
-        "global_cam": Stage("global_cam", global_cam.FOLDER, global_cam.run_global_cam),
+        "global_cam": Stage("global_cam", global_cam.FOLDER, global_cam.run_global_cam, all_ranks=False),
         "c2am": Stage("c2am", c2am_cls.FOLDER, c2am_cls.run_c2am_cls),
         "cam": Stage("cam", cam.FOLDER, cam.run_cam),
         "ir_label": Stage("ir_label", ir_label.FOLDER, ir_label.run_ir_label),
         "irn": Stage("irn", irn.FOLDER, irn.run_irn),
         "pseudo": Stage("pseudo", pseudo.FOLDER, pseudo.run_pseudo),
         "seg": Stage("seg", seg.FOLDER, seg.run_seg),
-        "eval": Stage("eval", "", evaluate.run_eval),
+        "eval": Stage("eval", "", evaluate.run_eval, all_ranks=False),
     }
 
 
@@ -61,8 +64,6 @@ def plan(method: str, rounds: int, requested: str | None = None) -> list[Planned
     for t in range(1, rounds + 1):
         planned += [PlannedStage(stage, t) for stage in stages]
     return planned
-
-
 
 
 def get_stage(name: str) -> Stage:

@@ -12,6 +12,7 @@ import torch
 
 from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
+from fastwsss.distributed import is_main
 from fastwsss.methods.c2am import c2am_loss, logit_constants
 from fastwsss.models.cam_net import CAMNet, load_cam_net, save_checkpoint
 from fastwsss.stages.cls import make_optimizer, with_multipliers
@@ -36,8 +37,8 @@ def run_c2am_cls(ctx: StageContext) -> None:
         constants = torch.ones_like(constants)
     dataset = ClassificationDataset(source, cfg.cls.resize_long, cfg.cls.crop, seed=cfg.seed, augment=True)
 
-    def loss(sample: dict) -> torch.Tensor:
-        return c2am_loss(model(sample["image"]), sample["label"], constants)
+    def loss(forward: torch.nn.Module, sample: dict) -> torch.Tensor:
+        return c2am_loss(forward(sample["image"]), sample["label"], constants)
 
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
@@ -45,6 +46,7 @@ def run_c2am_cls(ctx: StageContext) -> None:
         batch_size=m.batch_size, last_path=out / "last.pt", compute_loss=loss, hint="lower c2am.lr or check the global CAM",
     )
     steps = run_epochs(ctx, job)
-    save_checkpoint(out / "ckpt.pt", model, {"class_names": source.class_names, "data": cfg.data.name,
-                                            "logit_constants": constants.cpu()})
+    if is_main():
+        save_checkpoint(out / "ckpt.pt", model, {"class_names": source.class_names, "data": cfg.data.name,
+                                                "logit_constants": constants.cpu()})
     ctx.run.mark_done(STAGE, {"epochs": m.epochs, "steps": steps})

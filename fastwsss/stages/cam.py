@@ -2,7 +2,7 @@
 
 The classifier is `classifier_checkpoint(ctx)`: C2AM's fine-tuned one for --method c2am; in CONTA rounds
 >= 1 it also gets the image's M_t (Eq. 3 of its X_m). Finished images are never redone on --resume (each npz is written atomically, so an existing file is
-complete). A bad image is reported in one line and skipped; the run goes on and the count is reported.
+complete); under torchrun each rank takes its shard of the images (fastwsss.stages.per_image). A bad image is reported in one line and skipped; the run goes on and the count is reported.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 from fastwsss.cam_inference import multiscale_cam, save_cam_npz
 from fastwsss.data import build_source
 from fastwsss.errors import DataError
-from fastwsss.io import atomic_path
 from fastwsss.models.cam_net import load_cam_net
-from fastwsss.progress import log, track, warn
+from fastwsss.progress import track, warn
 from fastwsss.stages.cls import classifier_checkpoint, load_attention, uses_context
 from fastwsss.stages.context import StageContext
+from fastwsss.stages.per_image import finish_images, images_to_do
 
 FOLDER = "cams"
 
@@ -52,9 +52,7 @@ def run_cam(ctx: StageContext) -> None:
     extra_for = context_maps(ctx)
     cam_dir = ctx.run.stage_dir(FOLDER)
 
-    todo = [i for i in source.ids if not cam_path(cam_dir, i).is_file()]
-    if len(todo) < len(source.ids):
-        log(f"cam: {len(source.ids) - len(todo)} of {len(source.ids)} images already done, {len(todo)} to go")
+    todo = images_to_do("cam", source.ids, lambda i: cam_path(cam_dir, i))
     failed: list[str] = []
     for count, image_id in enumerate(track(todo, f"cam: {cfg.data.cam_split}"), start=1):
         try:
@@ -67,8 +65,5 @@ def run_cam(ctx: StageContext) -> None:
         result = multiscale_cam(model, image, labels, cfg.cam.scales, ctx.device, extra=extra_for(image_id))
         save_cam_npz(cam_path(cam_dir, image_id), result)
         ctx.step("cam", count)
-    if failed:
-        with atomic_path(cam_dir / "failed.txt") as tmp:
-            tmp.write_text("\n".join(failed) + "\n")
-        warn(f"cam: {len(failed)} image(s) could not be read and were skipped; see {cam_dir / 'failed.txt'}")
+    failed = finish_images(ctx, "cam", cam_dir, failed, "could not be read and were skipped")
     ctx.run.mark_done(FOLDER, {"images": len(source.ids), "failed": len(failed)})

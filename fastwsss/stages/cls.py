@@ -20,6 +20,7 @@ from torch import nn
 
 from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
+from fastwsss.distributed import is_main
 from fastwsss.errors import CheckpointError
 from fastwsss.io import atomic_path
 from fastwsss.methods.conta import ConfounderAttention, ContextClassifier, MaskTable
@@ -96,13 +97,13 @@ def run_cls(ctx: StageContext) -> None:
         attention = ConfounderAttention(confounders, seed=cfg.seed)
         model = ContextClassifier(net, attention, cfg.conta.attention_lr_mult * c.head_lr_mult).to(ctx.device)
 
-        def loss(sample: dict) -> torch.Tensor:
+        def loss(forward: nn.Module, sample: dict) -> torch.Tensor:
             xm = table.batch(sample["id"]).to(ctx.device)
-            return F.multilabel_soft_margin_loss(model(sample["image"], xm), sample["label"])
+            return F.multilabel_soft_margin_loss(forward(sample["image"], xm), sample["label"])
     else:
 
-        def loss(sample: dict) -> torch.Tensor:
-            return F.multilabel_soft_margin_loss(model(sample["image"]), sample["label"])
+        def loss(forward: nn.Module, sample: dict) -> torch.Tensor:
+            return F.multilabel_soft_margin_loss(forward(sample["image"]), sample["label"])
 
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
@@ -110,8 +111,9 @@ def run_cls(ctx: StageContext) -> None:
         batch_size=c.batch_size, last_path=out / "last.pt", compute_loss=loss, hint="lower cls.lr (--lr) or check the data",
     )
     steps = run_epochs(ctx, job)
-    if isinstance(model, ContextClassifier):
-        with atomic_path(out / ATTENTION_FILE) as tmp:
-            torch.save(model.attention.state_dict(), tmp)
-    save_checkpoint(out / "ckpt.pt", net, {"class_names": source.class_names, "data": cfg.data.name})
+    if is_main():
+        if isinstance(model, ContextClassifier):
+            with atomic_path(out / ATTENTION_FILE) as tmp:
+                torch.save(model.attention.state_dict(), tmp)
+        save_checkpoint(out / "ckpt.pt", net, {"class_names": source.class_names, "data": cfg.data.name})
     ctx.run.mark_done(STAGE, {"epochs": c.epochs, "steps": steps})

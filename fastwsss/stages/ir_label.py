@@ -18,11 +18,13 @@ from fastwsss.cam_inference import cam_seed_mask, load_cam_npz
 from fastwsss.crf import crf_available, crf_refine_labels
 from fastwsss.data import build_source
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
+from fastwsss.distributed import all_gather, is_main
 from fastwsss.errors import ConfigError, DataError, FastwsssError
-from fastwsss.progress import log, track, warn
+from fastwsss.progress import track, warn
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
+from fastwsss.stages.per_image import images_to_do
 
 FOLDER = "ir_labels"
 
@@ -68,9 +70,7 @@ def run_ir_label(ctx: StageContext) -> None:
     if cfg.ir_label.crf and not crf_available():
         raise ConfigError("ir_label.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or turn crf off")
     out = ctx.run.stage_dir(FOLDER)
-    todo = [i for i in source.ids if not ir_label_path(out, i).is_file()]
-    if len(todo) < len(source.ids):
-        log(f"ir_label: {len(source.ids) - len(todo)} of {len(source.ids)} images already done")
+    todo = images_to_do("ir_label", source.ids, lambda i: ir_label_path(out, i))
     missing = 0
     for count, image_id in enumerate(track(todo, "ir_label"), start=1):
         path = cam_path(cam_dir, image_id)
@@ -87,6 +87,7 @@ def run_ir_label(ctx: StageContext) -> None:
         label = ir_label_from_cams(cams.high_res, cams.keys, cfg.ir_label.fg_threshold, cfg.ir_label.bg_threshold, image)
         save_mask_png(label, ir_label_path(out, image_id))
         ctx.step("ir_label", count)
-    if missing:
+    missing = sum(all_gather(missing))
+    if missing and is_main():
         warn(f"ir_label: {missing} image(s) had no readable CAM and got no IR label")
     ctx.run.mark_done(FOLDER, {"images": len(source.ids), "missing": missing})

@@ -24,6 +24,7 @@ from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.data.palette import IGNORE_INDEX
 from fastwsss.data.transforms import apply_crop, hflip, resize_long_mask
+from fastwsss.distributed import global_batch_mean, is_main
 from fastwsss.errors import ConfigError, DataError
 from fastwsss.irn_pairs import affinity_loss, downsample_labels, pair_masks
 from fastwsss.models.irn import BoundaryNet, save_irn_checkpoint
@@ -120,9 +121,9 @@ def run_irn(ctx: StageContext) -> None:
         lr=n.lr, momentum=MOMENTUM, weight_decay=n.weight_decay,
     )
 
-    def loss(sample: dict) -> torch.Tensor:
-        aff = path_max_affinity(torch.sigmoid(model(sample["image"])), n.radius)
-        total, _ = affinity_loss(aff, pair_masks(downsample_labels(sample["ir_label"]), n.radius))
+    def loss(forward: torch.nn.Module, sample: dict) -> torch.Tensor:
+        aff = path_max_affinity(torch.sigmoid(forward(sample["image"])), n.radius)
+        total, _ = affinity_loss(aff, pair_masks(downsample_labels(sample["ir_label"]), n.radius), global_batch_mean)
         return total
 
     job = TrainJob(
@@ -131,9 +132,10 @@ def run_irn(ctx: StageContext) -> None:
         hint="lower irn.lr or check the IR labels", checkpointed=model.head,
     )
     steps = run_epochs(ctx, job)
-    save_irn_checkpoint(
-        out / "ckpt.pt", model, {"backbone_from": n.backbone_from, "radius": n.radius, "data": cfg.data.name}
-    )
+    if is_main():
+        save_irn_checkpoint(
+            out / "ckpt.pt", model, {"backbone_from": n.backbone_from, "radius": n.radius, "data": cfg.data.name}
+        )
     ctx.run.mark_done(
         STAGE, {"epochs": n.epochs, "steps": steps, "images": len(ids), "skipped": len(source.ids) - len(ids)}
     )

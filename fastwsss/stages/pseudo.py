@@ -18,13 +18,13 @@ from fastwsss.cam_inference import load_cam_npz, normalize_image
 from fastwsss.data import build_source
 from fastwsss.data.palette import save_mask_png
 from fastwsss.errors import DataError, FastwsssError
-from fastwsss.io import atomic_path
 from fastwsss.kernels.random_walk import random_walk
 from fastwsss.models.irn import load_irn
-from fastwsss.progress import log, track, warn
+from fastwsss.progress import track, warn
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
+from fastwsss.stages.per_image import finish_images, images_to_do
 
 FOLDER = "pseudo"
 
@@ -73,9 +73,7 @@ def run_pseudo(ctx: StageContext) -> None:
     model, _ = load_irn(ctx.run.path / "irn" / "ckpt.pt", map_location=ctx.device)
     model.to(ctx.device).eval()
     out = ctx.run.stage_dir(FOLDER)
-    todo = [i for i in source.ids if not pseudo_path(out, i).is_file()]
-    if len(todo) < len(source.ids):
-        log(f"pseudo: {len(source.ids) - len(todo)} of {len(source.ids)} images already done")
+    todo = images_to_do("pseudo", source.ids, lambda i: pseudo_path(out, i))
     failed: list[str] = []
     for count, image_id in enumerate(track(todo, "pseudo: random walk"), start=1):
         try:
@@ -88,8 +86,5 @@ def run_pseudo(ctx: StageContext) -> None:
             continue
         save_mask_png(mask, pseudo_path(out, image_id))
         ctx.step("pseudo", count)
-    if failed:
-        with atomic_path(out / "failed.txt") as tmp:
-            tmp.write_text("\n".join(failed) + "\n")
-        warn(f"pseudo: {len(failed)} image(s) skipped; see {out / 'failed.txt'}")
+    failed = finish_images(ctx, "pseudo", out, failed)
     ctx.run.mark_done(FOLDER, {"images": len(source.ids), "failed": len(failed)})

@@ -14,7 +14,9 @@ with momentum and weight decay, poly lr (power 0.9) per step, head lr x `head_lr
 Outputs: RUNDIR/seg/last.pt (after every epoch), ckpt.pt (final), pred/<id>.png (palette PNG of every
 cam-split image, used by CONTA), metrics rows `seg_train` per epoch and `seg` for the val split and for
 the cam split (each scored against its ground truth when it has one). `ctx.step("seg", step)` runs after
-every optimiser step and `ctx.step("seg_pred", count)` after every written prediction.
+every optimiser step and `ctx.step("seg_pred", count)` after every written prediction. Under torchrun
+the training is DistributedDataParallel and each rank evaluates and predicts its shard of the images; the
+confusion matrices are summed, so the rows equal a single process's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import SegmentationDataset
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.data.transforms import CropBox, draw_long_side, long_side_size, random_crop_box
+from fastwsss.distributed import global_batch_mean, is_main, shard, sum_array
 from fastwsss.errors import ConfigError, DataError, FastwsssError
+from fastwsss.irn_pairs import BatchMean, local_mean
 from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.models import eval_mode
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
@@ -144,10 +148,13 @@ def _make_optimizer(model: SegModel, s: SegConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
-def seg_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Mean pixel cross entropy over the labelled pixels (255 ignored); 0 when there are none."""
+def seg_loss(logits: torch.Tensor, masks: torch.Tensor, batch_mean: BatchMean = local_mean) -> torch.Tensor:
+    """Mean pixel cross entropy over the labelled pixels (255 ignored); 0 when there are none.
+
+    `batch_mean` is `global_batch_mean` under DistributedDataParallel: the mean over the global batch's pixels.
+    """
     total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
+    return batch_mean(total, (masks != IGNORE_INDEX).sum())
 
 
 def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple[SegModel, int]:
@@ -160,8 +167,8 @@ def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple
     torch.manual_seed(cfg.seed)
     model = build_seg_model(s.model, s.backbone, source.num_classes + 1, s.weights).to(ctx.device)
 
-    def loss(sample: dict) -> torch.Tensor:
-        return seg_loss(model(sample["image"]), sample["mask"])
+    def loss(forward: nn.Module, sample: dict) -> torch.Tensor:
+        return seg_loss(forward(sample["image"]), sample["mask"], global_batch_mean)
 
     job = TrainJob(
         stage=STAGE, metric_stage="seg_train", split=source.split, model=model, optimizer=_make_optimizer(model, s),
@@ -195,7 +202,7 @@ def evaluate_split(ctx: StageContext, model: SegModel, source: SegmentationSourc
         return None
     meter = ConfusionMeter(source.num_classes + 1)
     scored = 0
-    for image_id in track(source.ids, f"seg: eval ({source.split})"):
+    for image_id in track(shard(source.ids), f"seg: eval ({source.split})"):
         try:
             image = source.load_image(image_id)
         except DataError as exc:
@@ -206,6 +213,13 @@ def evaluate_split(ctx: StageContext, model: SegModel, source: SegmentationSourc
         if gt is not None:
             meter.update(pred, gt)
             scored += 1
+    return _log_score(ctx, source, meter, scored)
+
+
+def _log_score(ctx: StageContext, source: SegmentationSource, meter: ConfusionMeter, scored: int) -> dict[str, Any] | None:
+    """Sum the ranks' confusion matrices (each scored its shard) and log the row; None when nothing was scored."""
+    meter.matrix = sum_array(meter.matrix)
+    scored = int(sum_array(np.array([scored]))[0])
     return ctx.run.log_metric(_score_row(ctx, source, meter, scored)) if scored else None
 
 
@@ -220,7 +234,7 @@ def predict_split(
     score = source.has_masks()
     meter = ConfusionMeter(source.num_classes + 1)
     done = scored = count = 0
-    for image_id in track(source.ids, f"seg: predict ({source.split})"):
+    for image_id in track(shard(source.ids), f"seg: predict ({source.split})"):
         path = pred_dir / f"{image_id}.png"
         try:
             if ctx.resume and path.is_file():
@@ -238,10 +252,10 @@ def predict_split(
         if gt is not None:
             meter.update(pred, gt)
             scored += 1
-    if done < len(source.ids):
+    done = int(sum_array(np.array([done]))[0])
+    if done < len(source.ids) and is_main():
         warn(f"seg: {len(source.ids) - done} of {len(source.ids)} images of {source.split!r} could not be predicted")
-    row = ctx.run.log_metric(_score_row(ctx, source, meter, scored)) if scored else None
-    return done, row
+    return done, _log_score(ctx, source, meter, scored)
 
 
 def run_seg(ctx: StageContext) -> None:
@@ -250,7 +264,8 @@ def run_seg(ctx: StageContext) -> None:
     base = build_source(cfg.data, cfg.data.cam_split)
     source = pseudo_source(base, ctx.run.path / PSEUDO_FOLDER)
     model, steps = train_seg(ctx, source, out)
-    save_seg_checkpoint(out / "ckpt.pt", model, {"class_names": base.class_names, "data": cfg.data.name})
+    if is_main():
+        save_seg_checkpoint(out / "ckpt.pt", model, {"class_names": base.class_names, "data": cfg.data.name})
     model.eval()
     val_row = evaluate_split(ctx, model, build_source(cfg.data, cfg.data.val_split))
     for split in cfg.data.test_splits:
