@@ -339,6 +339,8 @@ def segment(
     cam: Annotated[bool, typer.Option(help="Also write CAM heat maps (needs a run directory)")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda[:N] (default: cuda when present)")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Also say which files were converted (CMYK, 16-bit, ...)")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes to start with torchrun, each segmenting a share of the images "
+        "on its own GPU")] = 1,
 ) -> None:
     """Segment images with a trained model: palette PNG masks named after the inputs, then images/s.
 
@@ -347,7 +349,12 @@ def segment(
       fastwsss segment photos/ --model runs/c2am-voc --out masks/ --overlay
     """
     from fastwsss.commands.segment import segment_command
+    from fastwsss.distributed import launched_world
 
+    if nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+    if nproc > 1 and not launched_world().distributed:
+        raise typer.Exit(launch_torchrun(nproc, without_option(sys.argv[1:], "--nproc")))
     code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam, device=device, verbose=verbose)
     if code:
         raise typer.Exit(code)

@@ -176,3 +176,15 @@ def test_kill_minus_nine_then_resume_equals_straight_run(runs: dict[str, Path]) 
         for path in sorted((straight / folder).glob("*.png")):
             assert path.read_bytes() == (out / folder / path.name).read_bytes(), f"{folder}/{path.name}"
     assert not list(out.rglob(".*.tmp*"))
+
+
+def test_global_cam_is_summed_over_the_shards(runs: dict[str, Path]) -> None:
+    """C2AM's global CAM: each process sums the CAMs of its shard, rank 0 writes G (within 1e-4 of one process)."""
+    maps = []
+    for name, extra in (("c2am-single", ()), ("c2am-double", ("--nproc", "2"))):
+        out = runs["root"] / name
+        result = train(out, runs["data"], "--method", "c2am", "--stages", "cls,global_cam", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        maps.append(np.load(out / "global_cam" / "global_cam.npy"))
+    assert maps[0].shape == maps[1].shape and float(maps[0].max()) > 0
+    assert float(np.abs(maps[0] - maps[1]).max()) <= 1e-4

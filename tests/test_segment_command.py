@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -162,3 +164,20 @@ def test_out_inside_an_input_is_refused(setup: dict[str, Path]) -> None:
         segment_command([str(inputs)], setup["run"], setup["root"] / "x", "auto", 0, False, False, False)
     assert snapshot(inputs) == before
     assert not (inputs / "masks").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_images_and_report_once(setup: dict[str, Path], tmp_path: Path) -> None:
+    """`--nproc 2` (torchrun, gloo on the CPU): the same masks as one process, one summary for all images."""
+    single = tmp_path / "single"
+    assert segment_command([str(setup["inputs"])], setup["run"], single, "torch", 2, True, False, False) == 1
+    double = tmp_path / "double"
+    command = [sys.executable, "-m", "fastwsss", "segment", str(setup["inputs"]), "--model", str(setup["run"]),
+               "--out", str(double), "--backend", "torch", "--batch-size", "2", "--recursive", "--nproc", "2"]  # fmt: skip
+    env = {**os.environ, "FASTWSSS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stderr[-3000:]  # the bad files fail, as with one process
+    assert snapshot(double) == snapshot(single)
+    summaries = [line for line in lines(result.stderr) if "images segmented into" in line]
+    assert len(summaries) == 1 and summaries[0].startswith(f"{len(GOOD)} of {len(GOOD) + len(BAD)} images")
+    assert sum("failed:" in line for line in lines(result.stderr)) == len(BAD)

@@ -13,6 +13,8 @@ Images are read like the data sets read them (EXIF orientation applied, CMYK / R
 converted to 8-bit RGB; --verbose says so per file). A file that cannot be read (corrupt, truncated, not an
 image, above `max_pixels`) gets one line naming it; the others are still processed; the exit code is 1
 when any failed. Setup problems (no model, no images, --out inside an input) raise a FastwsssError.
+Under torchrun (or --nproc N) each process segments its shard of the images on its own GPU (LOCAL_RANK) and
+rank 0 prints the summary for all of them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from rich.markup import escape
 
 from fastwsss.benchtools import percentile
 from fastwsss.data.palette import save_mask_png, voc_palette
+from fastwsss.distributed import all_gather, init_from_env, is_main, launched_world, shard, shutdown, world
 from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
 from fastwsss.export.runtime import Segmenter, load_segmenter, torch_device
 from fastwsss.io import atomic_path
@@ -370,6 +373,10 @@ def segment_command(
     out = Path(out)
     plan_outputs(items, out, overlay, cam)
     check_out(out, items, folders)
+    total = len(items)
+    if launched_world().distributed:  # under torchrun: this rank's share of the images, on its own GPU
+        device = str(init_from_env(torch_device(device)))
+        items = shard(items)
     segmenter = load_segmenter(model, backend, device)
     _say(f"model {segmenter.source}: {segmenter.backend}, {segmenter.detail}")
     if segmenter.reason:
@@ -386,7 +393,7 @@ def segment_command(
     converted = done = 0
     timings = _Timings()
     begin = time.perf_counter()
-    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)] or [[]]
     with ThreadPoolExecutor(max_workers=2) as pool, make_progress() as progress:
         task = progress.add_task("segment", total=len(items), info="")
 
@@ -416,7 +423,17 @@ def segment_command(
                 done += 1
             progress.advance(task, len(batch))
     wall_s = time.perf_counter() - begin
-    summary = f"{done} of {len(items)} images segmented into {out}"
+    if world().distributed:  # rank 0 reports for all ranks; wall time is the slowest rank's
+        ranks = all_gather((done, failed, converted, timings.batches, wall_s))
+        done, converted = sum(r[0] for r in ranks), sum(r[2] for r in ranks)
+        failed = [line for r in ranks for line in r[1]]
+        timings = _Timings([batch for r in ranks for batch in r[3]])
+        wall_s = max(r[4] for r in ranks)
+        main = is_main()
+        shutdown()
+        if not main:
+            return 1 if failed else 0
+    summary = f"{done} of {total} images segmented into {out}"
     if failed:
         summary += f"; {len(failed)} failed (listed above)"
     if converted and not verbose:

@@ -27,7 +27,7 @@ def _registry() -> dict[str, Stage]:
     return {
         "confounder": Stage("confounder", confounder.FOLDER, confounder.run_confounder, all_ranks=False),
         "cls": Stage("cls", cls.FOLDER, cls.run_cls),
-        "global_cam": Stage("global_cam", global_cam.FOLDER, global_cam.run_global_cam, all_ranks=False),
+        "global_cam": Stage("global_cam", global_cam.FOLDER, global_cam.run_global_cam),
         "c2am": Stage("c2am", c2am_cls.FOLDER, c2am_cls.run_c2am_cls),
         "cam": Stage("cam", cam.FOLDER, cam.run_cam),
         "ir_label": Stage("ir_label", ir_label.FOLDER, ir_label.run_ir_label),

@@ -2,7 +2,8 @@
 
 Every image of `data.train_split` gets the baseline's multi-scale CAM (the cam stage's settings), resized to
 c2am.global_size^2 ignoring the aspect ratio; G is their mean (fastwsss.methods.c2am). Writes
-RUNDIR/global_cam/global_cam.npy (K x S x S), constants.json (M_c per class) and global_cam.png.
+RUNDIR/global_cam/global_cam.npy (K x S x S), constants.json (M_c per class) and global_cam.png. Under
+torchrun each rank sums the CAMs of its shard of the images and rank 0 writes G from the summed totals.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 
 from fastwsss.cam_inference import multiscale_cam
 from fastwsss.data import build_source
+from fastwsss.distributed import is_main, shard, sum_array
 from fastwsss.errors import CheckpointError, DataError
 from fastwsss.io import atomic_path, write_json
 from fastwsss.methods.c2am import GlobalCamAccumulator, logit_constants
@@ -39,7 +41,7 @@ def run_global_cam(ctx: StageContext) -> None:
     model.eval()
     accumulator = GlobalCamAccumulator(source.num_classes, m.global_size)
     skipped = 0
-    for count, image_id in enumerate(track(source.ids, f"global_cam: {source.split}"), start=1):
+    for count, image_id in enumerate(track(shard(source.ids), f"global_cam: {source.split}"), start=1):
         try:
             image, labels = source.load_image(image_id), source.labels(image_id)
         except DataError as exc:
@@ -49,6 +51,10 @@ def run_global_cam(ctx: StageContext) -> None:
         result = multiscale_cam(model, image, labels, cfg.cam.scales, ctx.device)
         accumulator.add(result.keys, result.high_res)
         ctx.step("global_cam", count)
+    accumulator.total, accumulator.class_images = sum_array(accumulator.total), sum_array(accumulator.class_images)
+    accumulator.images, skipped = (int(v) for v in sum_array(np.array([accumulator.images, skipped])))
+    if not is_main():  # every rank had its shard; rank 0 writes the sums
+        return
     global_cam = accumulator.result(by_class=m.by_class)
     with atomic_path(out / GLOBAL_CAM_FILE) as tmp, open(tmp, "wb") as handle:
         np.save(handle, global_cam)
