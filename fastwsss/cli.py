@@ -133,13 +133,9 @@ def train(
       fastwsss train --data voc --preset voc --root ... --weights ... --nproc 4   # 4 GPUs, DistributedDataParallel
     """
     from fastwsss.distributed import launched_world, shutdown
-    from fastwsss.pipeline import run_pipeline
+    from fastwsss.pipeline import preflight, run_pipeline
     from fastwsss.rundir import RunDir
-
-    if nproc < 1:
-        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
-    if nproc > 1 and not launched_world().distributed:
-        raise typer.Exit(launch_torchrun(nproc, without_option(sys.argv[1:], "--nproc")))
+    from fastwsss.stages import stages_for
 
     options = {
         "method": method, "seed": seed, "device": device, "conta.rounds": rounds,
@@ -156,12 +152,34 @@ def train(
     if resume and out is not None and (out / "config.json").is_file():
         saved = RunDir(out).load_config()
         check_resume_options(saved, options, out)
+    if nproc != 1 and not launched_world().distributed:  # settings are checked before any process starts
+        preflight(config, [stage.name for stage in stages_for(config.method, stages)], max(nproc, 1))
+        start_processes(nproc, config.device)
     try:
         run = run_pipeline(config, out=out, stages=stages, resume=resume)
         if launched_world().is_main:
             _print_metrics(run.path, verbose=False)
     finally:
         shutdown()
+
+
+def start_processes(nproc: int, device: str | None) -> None:
+    """--nproc N: nothing for 1 or inside torchrun; else check the GPUs, run N processes and exit with their code."""
+    import torch
+
+    from fastwsss.distributed import launched_world
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+    if nproc == 1 or launched_world().distributed:
+        return
+    name = device or "auto"
+    if (name == "auto" and torch.cuda.is_available()) or name.startswith("cuda"):
+        visible = torch.cuda.device_count()
+        if nproc > visible:
+            raise ConfigError(f"--nproc {nproc}: {visible} GPU(s) visible; start at most one process per GPU "
+                              "(or pass --device cpu for gloo processes on the CPU)")  # fmt: skip
+    raise typer.Exit(launch_torchrun(nproc, without_option(sys.argv[1:], "--nproc")))
 
 
 def without_option(argv: list[str], name: str) -> list[str]:
@@ -349,12 +367,8 @@ def segment(
       fastwsss segment photos/ --model runs/c2am-voc --out masks/ --overlay
     """
     from fastwsss.commands.segment import segment_command
-    from fastwsss.distributed import launched_world
 
-    if nproc < 1:
-        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
-    if nproc > 1 and not launched_world().distributed:
-        raise typer.Exit(launch_torchrun(nproc, without_option(sys.argv[1:], "--nproc")))
+    start_processes(nproc, device)
     code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam, device=device, verbose=verbose)
     if code:
         raise typer.Exit(code)

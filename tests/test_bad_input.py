@@ -141,6 +141,8 @@ def test_list_naming_a_missing_image_stops_before_any_work(data: Path, tmp_path:
         (["--method", "seam"], "method"),
         (["--preset", "huge"], "huge"),
         (["--stages", "cls,fly"], "fly"),
+        (["--set", "cls.batch_size=15", "--nproc", "2"], "cls.batch_size"),  # refused before any process starts
+        (["--nproc", "0"], "--nproc"),
     ],
 )
 def test_bad_settings_are_one_line_naming_the_setting(data: Path, tmp_path: Path, extra: list[str], setting: str) -> None:
