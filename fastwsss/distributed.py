@@ -8,9 +8,9 @@ stages call them unconditionally.
 The division of work (DESIGN.md, "Scale-out"):
 - training stages (cls, c2am, irn, seg) wrap the model in DistributedDataParallel; each optimiser step's
   global batch of `batch_size` images is split evenly over the ranks (fastwsss.training);
-- per-image stages (cam, ir_label, pseudo, global_cam, the seg stage's predictions and scores) take
+- per-image stages (cam, ir_label, pseudo, global_cam, eval, the seg stage's predictions and scores) take
   `shard(ids)` and sum what they accumulate (`sum_array`);
-- confounder and eval run on rank 0 while the others wait (fastwsss.pipeline);
+- CONTA's confounder stage runs on rank 0 while the others wait (fastwsss.pipeline);
 - only rank 0 writes shared files: config.json, metrics.jsonl, checkpoints, DONE markers, failed.txt.
 """
 

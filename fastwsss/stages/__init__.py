@@ -34,7 +34,7 @@ def _registry() -> dict[str, Stage]:
         "irn": Stage("irn", irn.FOLDER, irn.run_irn),
         "pseudo": Stage("pseudo", pseudo.FOLDER, pseudo.run_pseudo),
         "seg": Stage("seg", seg.FOLDER, seg.run_seg),
-        "eval": Stage("eval", "", evaluate.run_eval, all_ranks=False),
+        "eval": Stage("eval", "", evaluate.run_eval),
     }
 
 

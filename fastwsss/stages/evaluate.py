@@ -6,7 +6,8 @@ on their confident pixels only (255 = unsure is left out) with the share of pixe
 pseudo masks and the segmentation model's predictions on the training images as plain masks. Where the
 data set records context regions (synthetic), the CAM row also carries the context leakage
 (fastwsss.context_metrics). One metrics
-row per evaluated output, appended to RUNDIR/metrics.jsonl; mIoU is stored as a fraction in 0..1.
+row per evaluated output, appended to RUNDIR/metrics.jsonl; mIoU is stored as a fraction in 0..1. Under
+torchrun each rank scores its shard of the images and the confusion matrices and counts are summed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastwsss.context_metrics import ContextLeakageMeter
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import IGNORE_INDEX
+from fastwsss.distributed import is_main, shard, sum_array
 from fastwsss.errors import DataError
 from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.progress import track, warn
@@ -40,7 +42,8 @@ def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[st
     load_context = getattr(source, "load_context", None)
     leakage = ContextLeakageMeter(e.cam_bg_threshold) if load_context is not None else None
     missing = 0
-    for image_id in track(source.ids, f"eval: cam seeds ({source.split})"):
+    mine = shard(source.ids)
+    for image_id in track(mine, f"eval: cam seeds ({source.split})"):
         path = cam_path(cam_dir, image_id)
         if not path.is_file():
             missing += 1
@@ -63,11 +66,18 @@ def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[st
                 leakage.update(cams.high_res, load_context(image_id))
             except DataError as exc:
                 warn(f"{exc}; context leakage is left without this image")
-    evaluated = len(source.ids) - missing
+    evaluated = int(sum_array(np.array([len(mine) - missing]))[0])
+    missing = len(source.ids) - evaluated
+    for meter in meters.values():
+        meter.matrix = sum_array(meter.matrix)
+    if leakage is not None:
+        on_context, total, images = sum_array(np.array([leakage.on_context, leakage.total, leakage.images], np.float64))
+        leakage.on_context, leakage.total, leakage.images = float(on_context), float(total), int(images)
     if evaluated == 0:
-        warn(f"eval: no CAMs to evaluate in {cam_dir} for split {source.split}")
+        if is_main():
+            warn(f"eval: no CAMs to evaluate in {cam_dir} for split {source.split}")
         return None
-    if missing:
+    if missing and is_main():
         warn(f"eval: {missing} of {len(source.ids)} images had no CAM or mask and were left out")
     sweep = {f"{t:.2f}": meters[t].miou() for t in thresholds}
     best = max(thresholds, key=lambda t: np.nan_to_num(meters[t].miou(), nan=-1.0))
@@ -84,7 +94,7 @@ def evaluate_mask_folder(ctx: StageContext, folder: Path, source: SegmentationSo
         return None
     meter = ConfusionMeter(source.num_classes + 1)
     evaluated = confident = labelled = 0
-    for image_id in track(source.ids, f"eval: {stage} ({source.split})"):
+    for image_id in track(shard(source.ids), f"eval: {stage} ({source.split})"):
         path = folder / f"{image_id}.png"
         if not path.is_file():
             continue
@@ -102,9 +112,11 @@ def evaluate_mask_folder(ctx: StageContext, folder: Path, source: SegmentationSo
         labelled += int(valid.sum())
         confident += int((valid & (pred != IGNORE_INDEX)).sum())
         evaluated += 1
+    meter.matrix = sum_array(meter.matrix)
+    evaluated, confident, labelled = (int(v) for v in sum_array(np.array([evaluated, confident, labelled], np.int64)))
     if evaluated == 0:
         return None
-    if evaluated < len(source.ids):
+    if evaluated < len(source.ids) and is_main():
         warn(f"eval: {stage}: {len(source.ids) - evaluated} of {len(source.ids)} images had no output and were left out")
     return score_row(stage, source.split, ctx.config.method, meter, source.class_names, evaluated,
                      confident_fraction=confident / max(labelled, 1))
