@@ -5,15 +5,20 @@ What must match, and why the tolerances are what they are:
 
 * cls, irn (DistributedDataParallel): each step's global batch is split over the 2 ranks and the losses
   average over the global batch (`global_batch_mean`), so the gradients equal the single-process ones up
-  to float rounding (the sums run in another order). The runs here freeze the classifier's BatchNorm
-  (`--set cls.freeze_bn=true`): BatchNorm in training mode normalises with each rank's own images on the
-  CPU, because SyncBatchNorm exists only for GPUs. Tolerance: weights within 1e-4 relative to their
-  tensor's largest entry (seen: 2e-7).
+  to float rounding: convolutions of half batches differ from those of the whole batch by about 3e-7 of
+  their output. The runs here freeze the classifier's BatchNorm (`--set cls.freeze_bn=true`, with a lr of
+  0.002, at which its CAMs are not flat): BatchNorm in training mode normalises with each rank's own
+  images on the CPU, because SyncBatchNorm exists only for GPUs. Tolerance, relative to each tensor's
+  largest entry: classifier 1e-4 (seen: 2.4e-7); IRN 1e-3 (seen: 2.2e-4: its loss, -log(a + 1e-5) on
+  affinities near 0 at lr 0.1, amplifies that rounding over 8 steps; its training losses still agree
+  to 6 digits).
 * cam, ir_label, pseudo (each rank writes its shard): CAMs are stored as float16, so 2e-3 absolute
-  (one float16 step near 1 is 4.9e-4; seen: 4.9e-4); masks agree on >= 99.9% of pixels (seen: 100%).
+  (one float16 step near 1 is 4.9e-4; seen: 4.9e-4); masks agree on >= 99.9% of pixels (seen: IR labels
+  100%, pseudo masks 99.999%). Both are checked to be more than blank maps.
 * seg: DeepLab trains BatchNorm in training mode (the config has no switch to freeze it), so on the CPU
   its statistics are per rank and its weights legitimately differ; checked: it runs, its predictions
-  cover every image, and its val mIoU is within 5 points of the single-process run's (seen: 0.1).
+  cover every image, and its val mIoU is within 5 points of the single-process run's (seen: 0.4 points,
+  91% of the predicted pixels equal).
 * Only rank 0 writes shared files: metrics.jsonl has exactly the single-process run's rows, with the
   same image counts (eval and seg score their shards and sum the confusion matrices).
 * kill -9 of the whole 2-process job (every process at once, as when a machine dies) during cls and again
@@ -42,7 +47,7 @@ from fastwsss.rundir import open_run_dir
 pytestmark = pytest.mark.slow
 
 SETTINGS = [
-    "--preset", "tiny", "--set", "cls.freeze_bn=true", "--set", "data.synth.num_train=64",
+    "--preset", "tiny", "--set", "cls.freeze_bn=true", "--set", "cls.lr=0.002", "--set", "data.synth.num_train=64",
     "--set", "data.synth.num_val=16", "--set", "data.synth.num_debiased=16", "--set", "cls.epochs=2",
     "--set", "seg.epochs=2", "--set", "pseudo.exp_times=6",
 ]  # fmt: skip
@@ -107,16 +112,21 @@ def _checkpoint_files(run: Path) -> dict[str, tuple[Path, str | None]]:
 def test_two_processes_train_like_one(runs: dict[str, Path]) -> None:
     single, double = runs["single"], runs["double"]
     files = _checkpoint_files(single)
-    for stage in ("cls", "irn"):
+    for stage, tolerance in (("cls", 1e-4), ("irn", 1e-3)):
         path, key = files[stage]
         other = _checkpoint_files(double)[stage][0]
-        assert _max_relative_difference(_state(path, key), _state(other, key)) <= 1e-4, stage
+        assert _max_relative_difference(_state(path, key), _state(other, key)) <= tolerance, stage
     cam_diff = 0.0
     for path in sorted((single / "cams").glob("*.npz")):
         a, b = load_cam_npz(path), load_cam_npz(double / "cams" / path.name)
         assert np.array_equal(a.keys, b.keys)
         cam_diff = max(cam_diff, float(np.abs(a.high_res.astype(np.float32) - b.high_res.astype(np.float32)).max()))
     assert len(list((double / "cams").glob("*.npz"))) == NUM_IMAGES and cam_diff <= 2e-3
+    # Not a comparison of two blank outputs: the frozen-BatchNorm classifier (lr 0.002, at 0.05 its CAMs are
+    # flat) gives CAMs that vary, and the walk gives masks with foreground.
+    spread = np.mean([load_cam_npz(p).high_res.astype(np.float32).std() for p in (single / "cams").glob("*.npz")])
+    foreground = np.mean([(np.asarray(Image.open(p)) > 0).mean() for p in (single / "pseudo").glob("*.png")])
+    assert spread > 0.05 and foreground > 0.05, (spread, foreground)
     assert _pixel_agreement(single / "ir_labels", double / "ir_labels") >= 0.999
     assert _pixel_agreement(single / "pseudo", double / "pseudo") >= 0.999
     assert len(list((double / "seg" / "pred").glob("*.png"))) == NUM_IMAGES
