@@ -11,6 +11,8 @@ drawn from a seeded RNG: nothing of it runs after the signal. The run is then re
   the RNG state, the optimiser's momentum or the step count of the lr schedule);
 * cam: every CAM file holds exactly the straight run's arrays (npz files carry zip timestamps, so they are
   compared by content); pseudo: every mask PNG is byte-identical to the straight run's;
+* irn and seg (killed in training, and seg also while it writes its predictions): the boundary head and
+  DeepLab are bit-identical to an uninterrupted run's, with the same epoch losses and prediction PNGs;
 * no half-written output is ever visible, finished images are not redone, the run directory's lock (flock)
   is released by the kernel when the holder dies, and a second run on a directory in use is refused with
   one line naming the holder's pid.
@@ -59,7 +61,7 @@ TIMEOUT_S = 240.0
 
 
 def kill_config() -> RunConfig:
-    """The tiny preset on 32 images of 64 px: 2 cls epochs of 4 steps, one CAM scale, 1 IRN epoch."""
+    """The tiny preset on 32 images of 64 px: 2 cls, IRN and seg epochs of 4 steps each, one CAM scale."""
     config = get_preset("tiny")
     synth = SynthConfig(size=64, num_train=32, num_val=8, num_debiased=8, seed=1)
     return dataclasses.replace(
@@ -67,12 +69,15 @@ def kill_config() -> RunConfig:
         data=dataclasses.replace(config.data, synth=synth),
         cls=dataclasses.replace(config.cls, epochs=2, batch_size=8),
         cam=dataclasses.replace(config.cam, scales=(1.0,)),
-        irn=dataclasses.replace(config.irn, epochs=1, batch_size=8),
+        irn=dataclasses.replace(config.irn, epochs=2, batch_size=8),
+        seg=dataclasses.replace(config.seg, epochs=2, batch_size=8),
     )
 
 
 CLS_STEPS_PER_EPOCH = 32 // 8
 CLS_STEPS = 2 * CLS_STEPS_PER_EPOCH
+IRN_STEPS = 2 * (32 // 8)
+SEG_STEPS = 2 * (32 // 8)
 NUM_IMAGES = 32
 
 # The child: runs the pipeline with one torch thread and reports every step or image as a line
@@ -434,3 +439,81 @@ def test_killed_inside_an_atomic_write_of_a_mask_and_a_second_run_is_refused(wor
     assert_pngs_complete_and_identical(straight_run, folder)
     assert np.asarray(Image.open(parked)).shape == (64, 64)
     assert temporaries(out) == []  # the killed writer's temporary is removed on resume
+
+
+# --- irn and seg --------------------------------------------------------------------------------------
+
+
+def assert_same_weights(straight_run: Path, resumed: Path, stage: str, key: str) -> None:
+    a = torch.load(straight_run / stage / "ckpt.pt", weights_only=False)[key]
+    b = torch.load(resumed / stage / "ckpt.pt", weights_only=False)[key]
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"{stage}: resumed weights differ from the straight run's in {different}"
+
+
+def epoch_losses(run: Path, stage: str) -> list[tuple[int, float]]:
+    return [(row["epoch"], row["loss"]) for row in open_run_dir(run).metrics() if row.get("stage") == stage]
+
+
+@pytest.mark.parametrize("seed", [808, 909])
+def test_irn_killed_at_a_random_step_resumes_to_identical_weights(workspace, straight, one_thread, seed):
+    root, children = workspace
+    straight_run, straight_child = straight
+    rng = random.Random(seed)
+    at = rng.randint(1, IRN_STEPS - 2)
+    delay = rng.uniform(0.0, 0.8) * median_gap([t for _, t in straight_child.steps("irn")])
+    out = root / f"irn-{seed}"
+    copy_run(straight_run, out, drop=(IRN_FOLDER, PSEUDO_FOLDER))
+    child = children.start(out, "irn", resume=True)
+    wait_for(child, lambda: any(n >= at for n, _ in child.steps("irn")), f"irn step {at}")
+    time.sleep(delay)
+    sigkill(child)
+    assert not (out / IRN_FOLDER / "DONE").exists()
+
+    resume_here(out, "irn", child.proc.pid)
+
+    assert_same_weights(straight_run, out, IRN_FOLDER, "head")
+    logged = epoch_losses(straight_run, "irn")  # copied with metrics.jsonl; the resumed run appends its own
+    assert epoch_losses(out, "irn") == logged + logged
+    assert temporaries(out) == []
+
+
+@pytest.fixture(scope="module")
+def straight_seg(workspace, straight) -> tuple[Path, Child]:
+    """The seg stage run uninterrupted on top of the straight run: the reference for the seg kill tests."""
+    root, children = workspace
+    out = root / "straight-seg"
+    copy_run(straight[0], out, drop=())
+    child = children.start(out, "seg", resume=True)
+    children.finish(child)
+    return out, child
+
+
+@pytest.mark.parametrize("seed, phase", [(111, "seg"), (222, "seg"), (333, "seg_pred")])
+def test_seg_killed_in_training_or_prediction_resumes_to_the_same_model_and_masks(
+    workspace, straight, straight_seg, one_thread, seed, phase
+):
+    root, children = workspace
+    reference, reference_child = straight_seg
+    rng = random.Random(seed)
+    total = SEG_STEPS if phase == "seg" else NUM_IMAGES
+    at = rng.randint(1, total - 2)
+    delay = rng.uniform(0.0, 0.8) * median_gap([t for _, t in reference_child.steps(phase)])
+    out = root / f"seg-{seed}"
+    copy_run(straight[0], out, drop=())
+    child = children.start(out, "seg", resume=True)
+    wait_for(child, lambda: any(n >= at for n, _ in child.steps(phase)), f"{phase} {at}")
+    time.sleep(delay)
+    sigkill(child)
+    assert not (out / "seg" / "DONE").exists()
+
+    resume_here(out, "seg", child.proc.pid)
+
+    assert_same_weights(reference, out, "seg", "state_dict")
+    assert epoch_losses(out, "seg_train") == epoch_losses(reference, "seg_train")
+    predictions = sorted((reference / "seg" / "pred").glob("*.png"))
+    assert len(predictions) == NUM_IMAGES
+    for path in predictions:
+        assert path.read_bytes() == (out / "seg" / "pred" / path.name).read_bytes(), path.name
+    assert temporaries(out) == []
