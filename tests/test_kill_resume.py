@@ -210,6 +210,20 @@ def median_gap(times: list[float]) -> float:
     return gaps[len(gaps) // 2]
 
 
+def random_kill_point(seed: int, total: int, reference: Child, phase: str) -> tuple[int, float]:
+    """(count, delay): kill once the child has reported `count` (1..total-2) of `phase`, plus up to 0.8 of
+    the reference run's median gap, so the kill lands anywhere in compute, checkpointing or writing."""
+    rng = random.Random(seed)
+    at = rng.randint(1, total - 2)
+    return at, rng.uniform(0.0, 0.8) * median_gap([t for _, t in reference.steps(phase)])
+
+
+def kill_after(child: Child, phase: str, at: int, delay: float) -> None:
+    wait_for(child, lambda: any(n >= at for n, _ in child.steps(phase)), f"{phase} {at}")
+    time.sleep(delay)
+    sigkill(child)
+
+
 def temporaries(folder: Path) -> list[str]:
     """Leftovers of fastwsss.io.atomic_path (".<name>.tmp<pid>") anywhere under `folder`."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*.tmp*"))
@@ -251,17 +265,17 @@ def resume_here(out: Path, stages: str, dead_pid: int) -> None:
     assert (out / ".lock").read_text().strip() == str(os.getpid())
 
 
-def assert_same_cls(straight_run: Path, resumed: Path) -> None:
-    a = torch.load(straight_run / "cls" / "ckpt.pt", weights_only=False)["state_dict"]
-    b = torch.load(resumed / "cls" / "ckpt.pt", weights_only=False)["state_dict"]
+def assert_same_weights(straight_run: Path, resumed: Path, stage: str, key: str = "state_dict") -> None:
+    a = torch.load(straight_run / stage / "ckpt.pt", weights_only=False)[key]
+    b = torch.load(resumed / stage / "ckpt.pt", weights_only=False)[key]
     assert a.keys() == b.keys()
-    different = [key for key in a if not torch.equal(a[key], b[key])]
-    assert not different, f"resumed weights differ from the straight run's in {different}"
-    assert (resumed / "cls" / "DONE").is_file()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"{stage}: resumed weights differ from the straight run's in {different}"
+    assert (resumed / stage / "DONE").is_file()
 
 
-def cls_losses(run: Path) -> list[tuple[int, float]]:
-    return [(row["epoch"], row["loss"]) for row in open_run_dir(run).metrics() if row.get("stage") == "cls"]
+def epoch_losses(run: Path, stage: str) -> list[tuple[int, float]]:
+    return [(row["epoch"], row["loss"]) for row in open_run_dir(run).metrics() if row.get("stage") == stage]
 
 
 # --- cls ----------------------------------------------------------------------------------------------
@@ -271,24 +285,18 @@ def cls_losses(run: Path) -> list[tuple[int, float]]:
 def test_cls_killed_at_a_random_step_resumes_to_identical_weights(workspace, straight, one_thread, seed):
     root, children = workspace
     straight_run, straight_child = straight
-    rng = random.Random(seed)
-    # steps 1..CLS_STEPS-2 reach both epochs (before and after the first last.pt); the extra delay of up to
-    # 0.8 of a step lands the kill anywhere in compute, checkpoint writing or metrics logging
-    at = rng.randint(1, CLS_STEPS - 2)
-    delay = rng.uniform(0.0, 0.8) * median_gap([t for _, t in straight_child.steps("cls")])
+    at, delay = random_kill_point(seed, CLS_STEPS, straight_child, "cls")  # both epochs: before and after last.pt
     out = root / f"cls-{seed}"
     child = children.start(out, "cls")
-    wait_for(child, lambda: any(n >= at for n, _ in child.steps("cls")), f"cls step {at}")
-    time.sleep(delay)
-    sigkill(child)
+    kill_after(child, "cls", at, delay)
     assert not (out / "cls" / "DONE").exists()
     if at < CLS_STEPS_PER_EPOCH:
         assert not (out / "cls" / "last.pt").exists()
 
     resume_here(out, "cls", child.proc.pid)
 
-    assert_same_cls(straight_run, out)
-    assert cls_losses(out) == cls_losses(straight_run), "one metrics row per epoch, with the straight run's losses"
+    assert_same_weights(straight_run, out, "cls")
+    assert epoch_losses(out, "cls") == epoch_losses(straight_run, "cls"), "one metrics row per epoch, with the straight run's losses"
     assert temporaries(out) == []  # the resume removes a killed writer's temporaries too
 
 
@@ -304,9 +312,9 @@ def test_cls_killed_between_checkpoint_and_metrics_row(workspace, straight, one_
     wait_for(child, marker.exists, "the child parked after writing last.pt")
     sigkill(child)
     resume_here(out, "cls", child.proc.pid)
-    assert_same_cls(straight_run, out)
+    assert_same_weights(straight_run, out, "cls")
     assert temporaries(out) == []  # the resume removes a killed writer's temporaries too
-    assert cls_losses(out) == cls_losses(straight_run)  # the row of the epoch saved before the kill is kept
+    assert epoch_losses(out, "cls") == epoch_losses(straight_run, "cls")  # the row of the epoch saved before the kill is kept
 
 
 def test_killed_inside_an_atomic_write_of_last_pt(workspace, straight, one_thread):
@@ -323,8 +331,8 @@ def test_killed_inside_an_atomic_write_of_last_pt(workspace, straight, one_threa
     assert not (out / "cls" / "last.pt").exists()
     assert temporaries(out) == [f"cls/.last.pt.tmp{child.proc.pid}"]
     resume_here(out, "cls", child.proc.pid)
-    assert_same_cls(straight_run, out)
-    assert cls_losses(out) == cls_losses(straight_run)
+    assert_same_weights(straight_run, out, "cls")
+    assert epoch_losses(out, "cls") == epoch_losses(straight_run, "cls")
     assert temporaries(out) == []  # the killed writer's temporary is removed on resume
 
 
@@ -444,31 +452,15 @@ def test_killed_inside_an_atomic_write_of_a_mask_and_a_second_run_is_refused(wor
 # --- irn and seg --------------------------------------------------------------------------------------
 
 
-def assert_same_weights(straight_run: Path, resumed: Path, stage: str, key: str) -> None:
-    a = torch.load(straight_run / stage / "ckpt.pt", weights_only=False)[key]
-    b = torch.load(resumed / stage / "ckpt.pt", weights_only=False)[key]
-    assert a.keys() == b.keys()
-    different = [name for name in a if not torch.equal(a[name], b[name])]
-    assert not different, f"{stage}: resumed weights differ from the straight run's in {different}"
-
-
-def epoch_losses(run: Path, stage: str) -> list[tuple[int, float]]:
-    return [(row["epoch"], row["loss"]) for row in open_run_dir(run).metrics() if row.get("stage") == stage]
-
-
 @pytest.mark.parametrize("seed", [808, 909])
 def test_irn_killed_at_a_random_step_resumes_to_identical_weights(workspace, straight, one_thread, seed):
     root, children = workspace
     straight_run, straight_child = straight
-    rng = random.Random(seed)
-    at = rng.randint(1, IRN_STEPS - 2)
-    delay = rng.uniform(0.0, 0.8) * median_gap([t for _, t in straight_child.steps("irn")])
+    at, delay = random_kill_point(seed, IRN_STEPS, straight_child, "irn")
     out = root / f"irn-{seed}"
     copy_run(straight_run, out, drop=(IRN_FOLDER, PSEUDO_FOLDER))
     child = children.start(out, "irn", resume=True)
-    wait_for(child, lambda: any(n >= at for n, _ in child.steps("irn")), f"irn step {at}")
-    time.sleep(delay)
-    sigkill(child)
+    kill_after(child, "irn", at, delay)
     assert not (out / IRN_FOLDER / "DONE").exists()
 
     resume_here(out, "irn", child.proc.pid)
@@ -496,16 +488,11 @@ def test_seg_killed_in_training_or_prediction_resumes_to_the_same_model_and_mask
 ):
     root, children = workspace
     reference, reference_child = straight_seg
-    rng = random.Random(seed)
-    total = SEG_STEPS if phase == "seg" else NUM_IMAGES
-    at = rng.randint(1, total - 2)
-    delay = rng.uniform(0.0, 0.8) * median_gap([t for _, t in reference_child.steps(phase)])
+    at, delay = random_kill_point(seed, SEG_STEPS if phase == "seg" else NUM_IMAGES, reference_child, phase)
     out = root / f"seg-{seed}"
     copy_run(straight[0], out, drop=())
     child = children.start(out, "seg", resume=True)
-    wait_for(child, lambda: any(n >= at for n, _ in child.steps(phase)), f"{phase} {at}")
-    time.sleep(delay)
-    sigkill(child)
+    kill_after(child, phase, at, delay)
     assert not (out / "seg" / "DONE").exists()
 
     resume_here(out, "seg", child.proc.pid)
