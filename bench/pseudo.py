@@ -13,7 +13,8 @@ matrix on the 94 x 125 grid of a 500 x 375 image). Inputs: deterministic structu
 [0, 1] on the IRN's stride-4 grid, 1..3 present classes cycling (--classes). The IRN has seeded random weights:
 timings represent the architecture, not a trained boundary map.
 
-Each path: the first image once untimed (warm-up), then each image timed with time.perf_counter between device
+Each path: the first image once untimed (warm-up; not for the dense path on the CPU, which compiles nothing and
+would only double its minutes), then each image timed with time.perf_counter between device
 synchronizations (images/s = images / their total seconds; per-image median, p10, p90), the walk alone timed
 inside the stage (CUDA events around the call, perf_counter on the CPU) and the peak GPU memory
 (torch.cuda.max_memory_allocated, model weights included). The dense path runs at most --dense-images images;
@@ -124,10 +125,11 @@ def run_path(
         os.environ[ENV_VAR] = forced
     try:
         backend = kernel_backend(torch.empty(1, device=device), OP) if walk is random_walk else "dense"
-        image, cam4, keys = samples[0]
-        pseudo_stage.propagate_image(model, image, cam4, keys, cfg, device)
-        synchronize(device)
-        timer.collect()
+        if walk is random_walk or device.type == "cuda":
+            image, cam4, keys = samples[0]
+            pseudo_stage.propagate_image(model, image, cam4, keys, cfg, device)
+            synchronize(device)
+            timer.collect()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
