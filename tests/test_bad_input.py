@@ -4,7 +4,7 @@ no traceback; where going on makes sense (a per-image stage, one bad training im
 goes on and the exit code is 0; where it does not (a listed image that does not exist, a bad setting) the
 run stops before any work with exit code 2. Disk-full and permission errors are simulated at the write
 (this suite may run as root, for whom a read-only folder is still writable) and must not lose the last
-good checkpoint.
+good checkpoint; so must a loss that turns NaN or inf, in one line naming the epoch, the step and the loss.
 """
 
 from __future__ import annotations
@@ -186,3 +186,26 @@ def test_write_errors_are_one_line_and_keep_the_last_good_checkpoint(
     monkeypatch.undo()
     code, output = train(data, out, "--set", "cls.epochs=2", "--resume", stages="cls")
     assert code == 0 and (out / "cls" / "DONE").is_file(), output
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_loss_stops_naming_step_and_loss_and_keeps_the_last_good_checkpoint(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: float
+) -> None:
+    """The loss turns non-finite at the first step of epoch 2 (16 images, batch 8: step 3)."""
+    real = torch.nn.functional.multilabel_soft_margin_loss
+    calls = [0]
+
+    def loss(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls[0] += 1
+        value = real(*args, **kwargs)
+        return value * bad if calls[0] == 3 else value
+
+    monkeypatch.setattr(torch.nn.functional, "multilabel_soft_margin_loss", loss)
+    out = tmp_path / "run"
+    code, output = train(data, out, "--set", "cls.epochs=2", stages="cls")
+    line = one_error_line(output)
+    assert code == 2 and f"cls: loss is {bad} at epoch 2 step 3" in line, line
+    assert str(out / "cls" / "last.pt") in line and "cls.lr" in line
+    assert torch.load(out / "cls" / "last.pt", weights_only=True)["epoch"] == 0
+    assert not (out / "cls" / "ckpt.pt").exists() and not (out / "cls" / "DONE").exists()
