@@ -17,6 +17,7 @@ The division of work (DESIGN.md, "Scale-out"):
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,7 +93,13 @@ def init_from_env(device: torch.device) -> torch.device:
 
 
 def shutdown() -> None:
+    """Leave the process group, cleanly: first free what still holds gloo work (a finished stage's
+    DistributedDataParallel reducer can linger in a reference cycle), then wait for every rank. Without
+    this, one 2-process run in 16 on a loaded CPU aborted at exit ("terminate called without an active
+    exception"; 0 in 20 with it): gloo state torn down during interpreter shutdown or while a peer sent."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

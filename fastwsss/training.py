@@ -197,4 +197,5 @@ def run_epochs(ctx: StageContext, job: TrainJob) -> int:
                     torch.save({"model": module.state_dict(), "optimizer": job.optimizer.state_dict(),
                                 "epoch": epoch, "step": step, "rng": rng_state(), "metrics_row": row}, tmp)
             ctx.run.log_metric(row)
+    del forward  # a DistributedDataParallel reducer must not outlive the process group (distributed.shutdown)
     return step
