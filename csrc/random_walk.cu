@@ -1,6 +1,6 @@
 // Random-walk steps in gather form, one thread per (image, class, pixel), two ping-pong buffers. Two launch
 // schemes:
-//  - per step: one launch per step (2^exp_times launches, ~2-4 us of launch gap each on an H100);
+//  - per step: one launch per step (2^exp_times launches, each paying a launch gap of microseconds);
 //  - persistent: ONE cooperative launch whose threads loop over the steps with a grid-wide barrier between
 //    them (grid.sync), so the 256 steps of the default walk pay one launch. The grid is capped at the blocks
 //    that can be co-resident; threads stride over the elements when there are more.
@@ -16,28 +16,39 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void walk_step_kernel(const float* __restrict__ src, float* __restrict__ dst, const float* __restrict__ w,
-                                 const int* __restrict__ dy, const int* __restrict__ dx, int taps, int classes,
-                                 int height, int width, long total) {
-  const long index = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (index >= total) return;
+// One output element of one step: sum over the taps of w[image, t, pixel] * src[plane, pixel + offset_t].
+// kL2 reads `src` through L2 only (__ldcg): inside the persistent kernel other blocks rewrote it since the
+// last barrier. `dy`, `dx` may point to shared or global memory.
+template <bool kL2>
+__device__ __forceinline__ float walk_element(const float* src, const float* __restrict__ w, const int* dy,
+                                              const int* dx, int taps, int classes, int height, int width,
+                                              long index) {
   const long n = static_cast<long>(height) * width;
   const long pixel = index % n;
-  const long plane = index / n;            // b * classes + k
-  const long image = plane / classes;      // b
+  const long plane = index / n;        // b * classes + k
+  const long image = plane / classes;  // b
   const int y = static_cast<int>(pixel / width);
   const int x = static_cast<int>(pixel % width);
   const float* plane_src = src + plane * n;
   const float* weights = w + image * taps * n + pixel;
   float acc = 0.0f;
   for (int t = 0; t < taps; ++t) {
-    const int yy = y + __ldg(dy + t);
-    const int xx = x + __ldg(dx + t);
+    const int yy = y + dy[t];
+    const int xx = x + dx[t];
     if (yy >= 0 && yy < height && xx >= 0 && xx < width) {
-      acc = fmaf(__ldg(weights + t * n), __ldg(plane_src + static_cast<long>(yy) * width + xx), acc);
+      const float* value = plane_src + static_cast<long>(yy) * width + xx;
+      acc = fmaf(__ldg(weights + t * n), kL2 ? __ldcg(value) : __ldg(value), acc);
     }
   }
-  dst[index] = acc;
+  return acc;
+}
+
+__global__ void walk_step_kernel(const float* __restrict__ src, float* __restrict__ dst, const float* __restrict__ w,
+                                 const int* __restrict__ dy, const int* __restrict__ dx, int taps, int classes,
+                                 int height, int width, long total) {
+  const long index = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index >= total) return;
+  dst[index] = walk_element<false>(src, w, dy, dx, taps, classes, height, width, index);
 }
 
 __global__ void walk_persistent_kernel(float* a, float* b, const float* __restrict__ w, const int* __restrict__ dy,
@@ -50,29 +61,14 @@ __global__ void walk_persistent_kernel(float* a, float* b, const float* __restri
   }
   __syncthreads();
   cooperative_groups::grid_group grid = cooperative_groups::this_grid();
-  const long n = static_cast<long>(height) * width;
   const long stride = static_cast<long>(gridDim.x) * blockDim.x;
   const long first = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (long s = 0; s < steps; ++s) {
     const float* src = (s % 2 == 0) ? a : b;
     float* dst = (s % 2 == 0) ? b : a;
     for (long index = first; index < total; index += stride) {
-      const long pixel = index % n;
-      const long plane = index / n;
-      const long image = plane / classes;
-      const int y = static_cast<int>(pixel / width);
-      const int x = static_cast<int>(pixel % width);
-      const float* plane_src = src + plane * n;
-      const float* weights = w + image * taps * n + pixel;
-      float acc = 0.0f;
-      for (int t = 0; t < taps; ++t) {
-        const int yy = y + shared_offsets[t];
-        const int xx = x + shared_offsets[taps + t];
-        if (yy >= 0 && yy < height && xx >= 0 && xx < width) {
-          acc = fmaf(__ldg(weights + t * n), __ldcg(plane_src + static_cast<long>(yy) * width + xx), acc);
-        }
-      }
-      dst[index] = acc;
+      dst[index] = walk_element<true>(src, w, shared_offsets, shared_offsets + taps, taps, classes, height, width,
+                                      index);
     }
     grid.sync();
   }
