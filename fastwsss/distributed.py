@@ -148,6 +148,16 @@ def sum_array(array: np.ndarray) -> np.ndarray:
     return np.sum(all_gather(array), axis=0).astype(array.dtype)
 
 
+BatchMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""batch_mean(total, count): a sum turned into a mean; `local_mean`, or under DistributedDataParallel
+`global_batch_mean` (the count of the whole global batch)."""
+
+
+def local_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """total / count over this process's batch; 0 for an empty set, never NaN."""
+    return total / count.clamp(min=1)
+
+
 def global_batch_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """`total / count` taken over the whole global batch, in the form DistributedDataParallel needs.
 
@@ -158,7 +168,7 @@ def global_batch_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """
     w = world()
     if not w.distributed:
-        return total / count.clamp(min=1)
+        return local_mean(total, count)
     global_count = all_reduce_sum(count.to(torch.float64)).to(total.dtype)
     return total * w.size / global_count.clamp(min=1)
 

@@ -15,7 +15,6 @@ the affinities of `fastwsss.affinity.path_max_affinity`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 from fastwsss.affinity import half_disc_directions
 from fastwsss.data.palette import IGNORE_INDEX
+from fastwsss.distributed import BatchMean, local_mean
 
 STRIDE = 4
 EPS = 1e-5
@@ -70,16 +70,6 @@ def pair_masks(grid_labels: torch.Tensor, radius: int) -> PairMasks:
         fg_pos=valid & same & (source > 0),
         neg=valid & ~same,
     )
-
-
-BatchMean = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""batch_mean(total, count): a sum turned into a mean; `local_mean`, or under DistributedDataParallel
-`fastwsss.distributed.global_batch_mean` (the count of the whole global batch)."""
-
-
-def local_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """total / count over this process's batch; 0 for an empty set, never NaN."""
-    return total / count.clamp(min=1)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor, batch_mean: BatchMean) -> torch.Tensor:

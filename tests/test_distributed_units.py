@@ -32,7 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from fastwsss import distributed
 from fastwsss.errors import ConfigError
-from fastwsss.irn_pairs import local_mean
+from fastwsss.distributed import local_mean
 from fastwsss.stages.seg import seg_loss
 
 out = sys.argv[1]

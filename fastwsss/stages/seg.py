@@ -36,9 +36,8 @@ from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import SegmentationDataset
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.data.transforms import CropBox, draw_long_side, long_side_size, random_crop_box
-from fastwsss.distributed import global_batch_mean, is_main, shard, sum_array
+from fastwsss.distributed import BatchMean, global_batch_mean, is_main, local_mean, shard, sum_array
 from fastwsss.errors import ConfigError, DataError, FastwsssError
-from fastwsss.irn_pairs import BatchMean, local_mean
 from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.models import eval_mode
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
