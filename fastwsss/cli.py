@@ -387,6 +387,24 @@ def report(
     report_command(rundir, sample, out)
 
 
+@app.command("env")
+@friendly_errors
+def env(
+    rundir: Annotated[Path, typer.Argument(help="A run directory")],
+    other: Annotated[Path | None, typer.Argument(help="A second run directory to compare with")] = None,
+) -> None:
+    """Show what a run ran on (versions, CPU, GPU, threads, git commit, data fingerprint), or how two runs differ.
+
+    Two runs of the same code and seed can give different mIoUs on different machines (float rounding
+    grows through training); compare them first:
+
+      fastwsss env runs/a runs/b
+    """
+    from fastwsss.commands.env import env_command
+
+    env_command(rundir, other)
+
+
 @bench_app.command("kernels")
 @friendly_errors
 def bench_kernels(

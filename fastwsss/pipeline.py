@@ -12,6 +12,7 @@ import torch
 from fastwsss.config import RunConfig, config_from_dict, validate
 from fastwsss.crf import crf_available
 from fastwsss.distributed import all_gather, barrier, init_from_env, on_main, world
+from fastwsss.environment import environment_record, training_source
 from fastwsss.errors import ConfigError
 from fastwsss.progress import log
 from fastwsss.rundir import RunDir, create_or_resume
@@ -69,6 +70,7 @@ def run_pipeline(
         w = world()
         ranks = f", {w.size} processes" if w.distributed else ""
         log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {device}{ranks})")
+        on_main(lambda: run.record_environment(environment_record(device, w.size, training_source(config))))
         for planned in plan(config.method, config.conta.rounds, stages):
             stage, round_ = planned.stage, planned.round
             view = run if round_ is None else run.round_view(round_)

@@ -26,6 +26,7 @@ from fastwsss.config import RunConfig
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import voc_palette
+from fastwsss.environment import flatten
 from fastwsss.errors import FastwsssError, one_line
 from fastwsss.io import atomic_path, read_jsonl
 from fastwsss.report_charts import (
@@ -40,7 +41,7 @@ from fastwsss.report_charts import (
     thumb_size,
     thumbnail,
 )
-from fastwsss.rundir import open_run_dir, round_folder
+from fastwsss.rundir import RunDir, open_run_dir, round_folder
 from fastwsss.summary import latest_rows
 
 THUMB = 160
@@ -147,7 +148,17 @@ def _header(info: RunInfo) -> str:
     return (
         body
         + f"<details><summary>resolved config (JSON)</summary><pre>{escape(info.config_text, quote=False)}</pre></details>"
+        + _environment(info.path)
     )
+
+
+def _environment(path: Path) -> str:
+    """The latest start's environment (versions, CPU, GPU, data fingerprint) as a folded table."""
+    rows = RunDir(path).environments()
+    if not rows:
+        return ""
+    cells = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in flatten(rows[-1]).items())
+    return f"<details><summary>environment (latest of {len(rows)} start(s))</summary><table>{cells}</table></details>"
 
 
 def _scored(info: RunInfo) -> list[dict[str, Any]]:

@@ -89,6 +89,15 @@ class RunDir:
             append_jsonl(self.metrics_path, row)
         return row
 
+    def record_environment(self, row: dict[str, Any]) -> None:
+        """Append one row (fastwsss.environment) to RUNDIR/environment.jsonl."""
+        if is_main():
+            append_jsonl(self.top / "environment.jsonl", row)
+
+    def environments(self) -> list[dict[str, Any]]:
+        """Every start's environment row, oldest first."""
+        return read_jsonl(self.top / "environment.jsonl")
+
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)
 

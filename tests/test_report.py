@@ -288,6 +288,9 @@ def test_report_of_a_real_tiny_run(real_run: Path) -> None:
     assert "not run" not in text and "not available" not in text
     assert text.count("<img") == 3 * 5
     assert (real_run / "report.html").stat().st_size < 400_000
+    env = text[text.index("environment (latest of 1 start(s))") :]
+    fingerprint = json.loads((real_run / "environment.jsonl").read_text())["data"]["fingerprint"]
+    assert f"<td>data.fingerprint</td><td>{fingerprint}</td>" in env and "<td>packages.torch</td>" in env
 
 
 def test_chromium_renders_the_report(tmp_path: Path) -> None:
