@@ -387,6 +387,22 @@ def report(
     report_command(rundir, sample, out)
 
 
+@app.command("compare")
+@friendly_errors
+def compare(
+    rundirs: Annotated[list[Path], typer.Argument(help="Two or more run directories; the first is the baseline")],
+) -> None:
+    """Print several runs' mIoUs side by side with the difference to the first, and how settings and environments differ.
+
+    Example (an ablation against its baseline):
+
+      fastwsss compare runs/cam runs/c2am runs/conta
+    """
+    from fastwsss.commands.compare import compare_command
+
+    compare_command(rundirs)
+
+
 @app.command("env")
 @friendly_errors
 def env(

@@ -138,18 +138,23 @@ def environment_record(device: torch.device, processes: int, source: Any | None 
     return row
 
 
-def environment_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """The fields (dotted names) whose values differ between two environment rows, VOLATILE ones left out."""
+def nested_differences(a: dict[str, Any], b: dict[str, Any], skip: tuple[str, ...] = (), prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """The fields (dotted names) whose values differ between two nested dicts; top-level `skip` keys left out."""
     found: dict[str, tuple[Any, Any]] = {}
     for key in sorted(set(a) | set(b)):
-        if not prefix and key in VOLATILE:
+        if not prefix and key in skip:
             continue
         left, right = a.get(key), b.get(key)
         if isinstance(left, dict) and isinstance(right, dict):
-            found.update(environment_differences(left, right, f"{prefix}{key}."))
+            found.update(nested_differences(left, right, (), f"{prefix}{key}."))
         elif left != right:
             found[f"{prefix}{key}"] = (left, right)
     return found
+
+
+def environment_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The fields (dotted names) whose values differ between two environment rows, VOLATILE ones left out."""
+    return nested_differences(a, b, VOLATILE)
 
 
 def flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:

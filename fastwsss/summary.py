@@ -46,3 +46,36 @@ def per_class_table(row: dict[str, Any]) -> Table:
     for name, value in zip(names, row["per_class_iou"], strict=False):
         table.add_row(name, _pct(value))
     return table
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, str, int | None]:
+    """What a scored row is about: (stage, split, round)."""
+    return (str(row.get("stage")), str(row.get("split")), row.get("round"))
+
+
+def compare_table(runs: list[tuple[str, list[dict[str, Any]]]]) -> Table:
+    """mIoU (%) of each (stage, split, round) side by side for several runs, with each run's difference to the first.
+
+    A row that a run lacks shows "-"; rows follow the pipeline order of the first run that has them.
+    """
+    latest = [(name, {row_key(r): r for r in latest_rows(rows)}) for name, rows in runs]
+    keys: list[tuple[str, str, int | None]] = []
+    for _, by_key in latest:
+        keys += [key for key in by_key if key not in keys]
+    keys.sort(key=lambda k: (k[2] or 0, STAGE_ORDER.get(k[0], 9), k[1]))
+    table = Table(title="mIoU (%) per run; in brackets the difference to the first run")
+    for column in ("stage", "split", "round"):
+        table.add_column(column)
+    for name, _ in latest:
+        table.add_column(name, justify="right")
+    base = latest[0][1]
+    for key in keys:
+        cells = []
+        for index, (_, by_key) in enumerate(latest):
+            value = by_key[key]["miou"] if key in by_key else None
+            cell = _pct(value)
+            if index and value is not None and key in base and base[key]["miou"] is not None:
+                cell += f" ({100 * (value - base[key]['miou']):+.1f})"
+            cells.append(cell)
+        table.add_row(key[0], key[1], "-" if key[2] is None else str(key[2]), *cells)
+    return table

@@ -104,3 +104,32 @@ def test_every_start_appends_a_row_and_env_compares_two_runs(tmp_path):
     (tmp_path / "old" / "config.json").write_text("{}")
     missing = runner.invoke(app, ["env", str(tmp_path / "old")])
     assert missing.exit_code == 2 and "no environment.jsonl" in " ".join(missing.output.split())
+
+
+def _fake_run(path, mious: dict[tuple[str, str], float], config: dict, env: dict | None) -> None:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    rows = [{"stage": stage, "split": split, "method": "cam", "miou": value} for (stage, split), value in mious.items()]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if env is not None:
+        (path / "environment.jsonl").write_text(json.dumps(env) + "\n")
+
+
+def test_compare_shows_differences_settings_and_environment(tmp_path):
+    env = environment_record(torch.device("cpu"), 1, _source())
+    other_env = {**env, "packages": {**env["packages"], "numpy": "0.0"}}
+    config = {"seed": 0, "cls": {"lr": 0.01, "epochs": 8}}
+    _fake_run(tmp_path / "a", {("cam", "train"): 0.345, ("seg", "val"): 0.301}, config, env)
+    _fake_run(tmp_path / "b", {("cam", "train"): 0.354, ("seg", "val"): 0.289, ("pseudo", "train"): 0.3},
+              {"seed": 0, "cls": {"lr": 0.002, "epochs": 8}}, other_env)
+    _fake_run(tmp_path / "c", {("cam", "train"): 0.345}, config, None)
+    result = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "35.4 (+0.9)" in text and "28.9 (-1.2)" in text and "34.5 (+0.0)" in text
+    pseudo = next(line for line in result.output.splitlines() if "pseudo" in line)
+    assert "30.0" in pseudo and "(" not in pseudo  # no baseline value to compare with
+    assert "cls.lr 0.01 -> 0.002" in text and "cls.epochs" not in text
+    assert "packages.numpy" in text and "environment not recorded" in text
+    one = runner.invoke(app, ["compare", str(tmp_path / "a")])
+    assert one.exit_code == 2 and "at least two" in one.output
