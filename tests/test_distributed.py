@@ -28,8 +28,10 @@ What must match, and why the tolerances are what they are:
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,3 +204,35 @@ def test_global_cam_is_summed_over_the_shards(runs: dict[str, Path]) -> None:
         maps.append(np.load(out / "global_cam" / "global_cam.npy"))
     assert maps[0].shape == maps[1].shape and float(maps[0].max()) > 0
     assert float(np.abs(maps[0] - maps[1]).max()) <= 1e-4
+
+
+def test_confounder_predictions_are_sharded(runs: dict[str, Path]) -> None:
+    """CONTA's confounder stage predicts the images round 0 did not, split over the ranks; rank 0 then builds
+    C and X_m from every mask. Two processes give the single process's predictions, C and X_m."""
+    stages = ["--method", "conta", "--rounds", "1", "--stages", "confounder"]
+    folders, removed = [], []
+    for name, extra in (("conta-single", ()), ("conta-double", ("--nproc", "2"))):
+        out = runs["root"] / name
+        first = train(out, runs["data"], *stages, *extra)
+        assert first.returncode == 2 and "rounds/0/seg/ckpt.pt" in first.stderr, first.stderr[-2000:]
+        seg = out / "rounds" / "0" / "seg"
+        shutil.copytree(runs["single"] / "seg", seg)
+        removed = sorted(path.name for path in (seg / "pred").glob("*.png"))[::3]  # as if round 0 skipped them
+        for name_ in removed:
+            (seg / "pred" / name_).unlink()
+        result = train(out, runs["data"], *stages, "--resume", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        folders.append(out / "rounds" / "1" / "confounder")
+    single, double = folders
+    for folder in folders:
+        assert sorted(path.name for path in (folder / "pred").glob("*.png")) == removed
+        assert json.loads((folder / "DONE").read_text())["predicted_here"] == len(removed)
+    for name_ in removed:
+        np.testing.assert_array_equal(np.asarray(Image.open(single / "pred" / name_)), np.asarray(Image.open(double / "pred" / name_)))
+    c_single, c_double = np.load(single / "confounders.npy"), np.load(double / "confounders.npy")
+    assert float(c_single.max()) > 0
+    np.testing.assert_allclose(c_single, c_double, rtol=0, atol=1e-6)
+    xm_single, xm_double = np.load(single / "xm.npz"), np.load(double / "xm.npz")
+    assert set(xm_single.files) == set(xm_double.files)
+    for key in xm_single.files:
+        np.testing.assert_array_equal(xm_single[key], xm_double[key])

@@ -25,7 +25,7 @@ def _registry() -> dict[str, Stage]:
     from fastwsss.stages import c2am_cls, cam, cls, confounder, evaluate, global_cam, ir_label, irn, pseudo, seg
 
     return {
-        "confounder": Stage("confounder", confounder.FOLDER, confounder.run_confounder, all_ranks=False),
+        "confounder": Stage("confounder", confounder.FOLDER, confounder.run_confounder),
         "cls": Stage("cls", cls.FOLDER, cls.run_cls),
         "global_cam": Stage("global_cam", global_cam.FOLDER, global_cam.run_global_cam),
         "c2am": Stage("c2am", c2am_cls.FOLDER, c2am_cls.run_c2am_cls),

@@ -4,11 +4,13 @@ Reads round t-1's segmentation predictions (`conta.mask_source = seg`, the paper
 masks (`pseudo`) for the classifier's training images and the CAM images; training images the previous
 round did not predict (VOC: train_aug outside train) are predicted here with its DeepLab. Writes
 RUNDIR/rounds/<t>/confounder/confounders.npy (C, n x hw), xm.npz (X_m per image) and confounders.png
-(a picture of C).
+(a picture of C). Under torchrun the images still to predict are sharded over the ranks (each loads the
+DeepLab on its own device); rank 0 alone then builds C and X_m, which reads every mask once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import save_mask_png
+from fastwsss.distributed import all_gather, on_main, shard
 from fastwsss.errors import CheckpointError, DataError
 from fastwsss.io import atomic_path
 from fastwsss.methods.conta import ConfounderSetBuilder, MaskTable, foreground_map
@@ -41,10 +44,15 @@ def _predict_missing(ctx: StageContext, ids: list[str], source: SegmentationSour
     from fastwsss.models.deeplab import load_seg_model
     from fastwsss.stages.seg import predict_mask
 
-    model, _ = load_seg_model(ctx.previous_round().path / "seg" / "ckpt.pt", ctx.device, source.num_classes)
+    model, _ = load_seg_model(ctx.previous_round().path / "seg" / "ckpt.pt", ctx.device, source.num_classes + 1)
     model.eval()
     for image_id in track(ids, "confounder: predict X_m"):
-        save_mask_png(predict_mask(model, source.load_image(image_id), ctx.device), out / f"{image_id}.png")
+        try:
+            image = source.load_image(image_id)
+        except DataError as exc:
+            warn(f"{exc}; no prediction, so its X_m is left at zero")
+            continue
+        save_mask_png(predict_mask(model, image, ctx.device), out / f"{image_id}.png")
 
 
 def run_confounder(ctx: StageContext) -> None:
@@ -62,18 +70,33 @@ def run_confounder(ctx: StageContext) -> None:
         own = out / "pred" / f"{image_id}.png"
         return own if own.is_file() else mask_dir / f"{image_id}.png"
 
-    missing = [i for i in ids if not mask_path(i).is_file()]
-    if missing and t.mask_source == "pseudo":
-        raise DataError(f"{mask_dir}: no pseudo mask for {len(missing)} images (first {missing[0]}); "
-                        "set conta.mask_source=seg or make pseudo masks for data.train_split")
-    if missing:
-        log(f"confounder: predicting {len(missing)} training images round {ctx.round - 1} did not predict")
-        (out / "pred").mkdir(exist_ok=True)
-        _predict_missing(ctx, missing, train, out / "pred")
+    def still_missing() -> list[str]:
+        missing = [i for i in ids if not mask_path(i).is_file()]
+        if missing and t.mask_source == "pseudo":
+            raise DataError(f"{mask_dir}: no pseudo mask for {len(missing)} images (first {missing[0]}); "
+                            "set conta.mask_source=seg or make pseudo masks for data.train_split")
+        if missing:
+            log(f"confounder: predicting {len(missing)} training images round {ctx.round - 1} did not predict")
+            (out / "pred").mkdir(exist_ok=True)
+        return missing
 
+    missing = on_main(still_missing)  # one list for every rank, taken before any rank writes a prediction
+    if missing:
+        _predict_missing(ctx, shard(missing), train, out / "pred")
+    all_gather(None)  # every rank's predictions are on disk before rank 0 reads them
+    on_main(lambda: _write_confounders(ctx, train, ids, mask_path, len(missing)))
+
+
+def _write_confounders(
+    ctx: StageContext, train: SegmentationSource, ids: list[str], mask_path: Callable[[str], Path], predicted: int
+) -> None:
+    """C from the training images' masks, X_m of every image, the picture of C and the DONE marker."""
+    t = ctx.config.conta
+    out = ctx.run.stage_dir(FOLDER)
+    train_ids = set(train.ids)
     builder = ConfounderSetBuilder(train.num_classes, t.mask_size)
     maps = np.zeros((len(ids), t.mask_size**2), np.float32)
-    for k, image_id in enumerate(track(ids, f"confounder: C and X_m from {mask_dir.name}")):
+    for k, image_id in enumerate(track(ids, "confounder: C and X_m")):
         try:
             mask = read_label_png(mask_path(image_id), train.num_classes)
         except DataError as exc:
@@ -91,5 +114,5 @@ def run_confounder(ctx: StageContext) -> None:
     empty = [train.class_names[i] for i in np.flatnonzero(builder.counts == 0)]
     if empty:
         warn(f"confounder: no training image is tagged {', '.join(empty)}; their rows of C are zero")
-    ctx.run.mark_done(FOLDER, {"images": len(ids), "mask_source": t.mask_source, "predicted_here": len(missing),
+    ctx.run.mark_done(FOLDER, {"images": len(ids), "mask_source": t.mask_source, "predicted_here": predicted,
                                "class_images": builder.counts.tolist()})
