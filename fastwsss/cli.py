@@ -387,6 +387,24 @@ def report(
     report_command(rundir, sample, out)
 
 
+@app.command("diagnose")
+@friendly_errors
+def diagnose(
+    rundir: Annotated[Path, typer.Argument(help="A run directory with cams, ir_labels and irn (ground-truth masks needed)")],
+    images: Annotated[int, typer.Option(help="First N images of the CAM split")] = 150,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the numbers here")] = None,
+) -> None:
+    """Find where the IRNet half loses mIoU: the boundary net's map against the ground truth's, and the walk.
+
+    Prints the boundary probability on the IR labels' borders, on the true object borders and elsewhere,
+    and the pseudo-mask mIoU of the walk with the IRN map, with a ground-truth map and with no walk.
+    """
+    from fastwsss.commands.diagnose import diagnose_command
+
+    diagnose_command(rundir, images, device, json_path)
+
+
 @app.command("compare")
 @friendly_errors
 def compare(

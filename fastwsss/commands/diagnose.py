@@ -1,0 +1,46 @@
+"""`fastwsss diagnose RUNDIR`: where the boundary net and the random walk gain or lose mIoU (fastwsss.walk_diagnosis)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from fastwsss.errors import ConfigError
+from fastwsss.io import write_json
+from fastwsss.progress import console
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def diagnose_command(rundir: Path, images: int, device: str, json_path: Path | None) -> dict[str, Any]:
+    """Run the walk diagnosis, print two tables, write the JSON where asked; returns the result."""
+    from fastwsss.walk_diagnosis import diagnose_walk
+
+    if images < 1:
+        raise ConfigError(f"--images: must be >= 1, got {images}")
+    result = diagnose_walk(rundir, images, device)
+    probability = Table(title=f"IRN boundary probability, {result['images']} images (mean per image)")
+    probability.add_column("where")
+    probability.add_column("mean", justify="right")
+    for key, label in (("on_ir_label_borders", "on the IR labels' borders (what it was taught)"),
+                       ("in_ir_label_unsure_band", "in the IR labels' unsure band (255)"),
+                       ("on_ground_truth_borders", "on the ground truth's borders (what would help)"),
+                       ("elsewhere", "elsewhere")):
+        value = result["boundary_probability"][key]
+        probability.add_row(label, "-" if value is None else f"{value:.3f}")
+    console.print(probability)
+    steps = result["pseudo"]["exp_times"]
+    walk = Table(title=f"pseudo-mask mIoU (%): full walk = 2^{steps['full']} steps, quarter = 2^{steps['quarter']}")
+    walk.add_column("boundary map, walk")
+    walk.add_column("mIoU", justify="right")
+    for name, value in result["pseudo_miou"].items():
+        walk.add_row(name, _pct(value))
+    console.print(walk)
+    if json_path is not None:
+        write_json(json_path, result)
+        console.print(f"wrote {json_path}")
+    return result
