@@ -70,19 +70,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit(folder: Path) -> str | None:
-    """`<sha>` or `<sha>+dirty` of the git checkout holding `folder`; None outside one or without git."""
-    try:
-        sha = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
+def git_commit(package: Path) -> str | None:
+    """`<sha>` or `<sha>+dirty` of the checkout whose top level holds the package folder `package`.
+
+    None outside a checkout, without git, or when the package only lies inside some other repository (a
+    virtual environment kept in a user's project), whose commit would say nothing about this code.
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
             return None
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() / package.name != package.resolve():
         return None
-    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    sha = git("rev-parse", "HEAD")
+    if not sha:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return sha + ("+dirty" if dirty else "")
 
 
 def data_fingerprint(source: Any, count: int = FINGERPRINT_IMAGES) -> str:

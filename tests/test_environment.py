@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from test_pipeline import small_config
 from typer.testing import CliRunner
 
 from fastwsss.cli import app
-from fastwsss.environment import data_fingerprint, environment_differences, environment_record
+from fastwsss.environment import data_fingerprint, environment_differences, environment_record, git_commit
 from fastwsss.pipeline import run_pipeline
 
 runner = CliRunner()
@@ -133,3 +134,20 @@ def test_compare_shows_differences_settings_and_environment(tmp_path):
     assert "packages.numpy" in text and "environment not recorded" in text
     one = runner.invoke(app, ["compare", str(tmp_path / "a")])
     assert one.exit_code == 2 and "at least two" in one.output
+
+
+def test_git_commit_only_for_the_checkout_that_holds_the_package(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "fastwsss").mkdir(parents=True)
+    (repo / "fastwsss" / "__init__.py").write_text("")
+    (repo / "venv" / "lib" / "fastwsss").mkdir(parents=True)
+    run = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "add", "fastwsss")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(repo / "fastwsss") == sha
+    (repo / "fastwsss" / "__init__.py").write_text("changed = 1\n")
+    assert git_commit(repo / "fastwsss") == sha + "+dirty"
+    assert git_commit(repo / "venv" / "lib" / "fastwsss") is None  # inside another project's repository
+    assert git_commit(tmp_path) is None
