@@ -10,15 +10,18 @@ The division of work (DESIGN.md, "Scale-out"):
   global batch of `batch_size` images is split evenly over the ranks (fastwsss.training);
 - per-image stages (cam, ir_label, pseudo, global_cam, eval, the seg stage's predictions and scores) take
   `shard(ids)` and sum what they accumulate (`sum_array`);
-- CONTA's confounder stage runs on rank 0 while the others wait (fastwsss.pipeline);
+- CONTA's confounder stage shards the images it must predict, then builds C and X_m on rank 0 alone;
 - only rank 0 writes shared files: config.json, metrics.jsonl, checkpoints, DONE markers, failed.txt.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import gc
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -70,14 +73,41 @@ def launched_world() -> World:
         raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK: not integers ({exc})") from None
 
 
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when the thread that started it exits."""
+
+
+def die_with_launcher() -> bool:
+    """Under torchrun on Linux, have the kernel SIGKILL this worker when its launcher dies; True if set.
+
+    torchrun starts every worker in a session of its own, so a SIGKILL of the launcher (or of its process
+    group: a dying machine, `kill -9`, a batch system's hard stop) does not reach the workers; they would
+    wait at their next collective for TIMEOUT (hours), holding memory and GPUs. The launcher starts its
+    workers from its main thread, which lives as long as the launcher, so the signal cannot come early.
+    """
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        os._exit(1)
+    return True
+
+
 def init_from_env(device: torch.device) -> torch.device:
     """Join the process group the launcher set up (a no-op for a single process); returns this rank's device.
 
-    On CUDA each rank takes the GPU of its LOCAL_RANK and the nccl backend; on the CPU, gloo.
+    On CUDA each rank takes the GPU of its LOCAL_RANK and the nccl backend; on the CPU, gloo. A worker
+    dies with its launcher (`die_with_launcher`).
     """
     launched = launched_world()
     if not launched.distributed:
         return device
+    die_with_launcher()
     if device.type == "cuda":
         if launched.local_rank >= torch.cuda.device_count():
             raise ConfigError(

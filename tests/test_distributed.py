@@ -159,8 +159,24 @@ def _start(out: Path, data_dir: Path, *extra: str) -> subprocess.Popen:
                             start_new_session=True)  # fmt: skip
 
 
-def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:  # noqa: ANN001
-    """SIGKILL the launcher and all its workers (one process group) as soon as `ready()` is true."""
+def _processes_of(out: Path) -> list[int]:
+    """Pids of the live processes whose command line names `out` (the launcher and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+            state = (entry / "stat").read_text().split(") ")[-1][:1] if words else ""
+        except OSError:
+            continue
+        if str(out).encode() in words and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_when(proc: subprocess.Popen, ready, what: str, out: Path) -> None:  # noqa: ANN001
+    """SIGKILL the launcher's process group as soon as `ready()` is true, as a dying machine would, and
+    check that the workers die with it: torchrun puts each worker in a session of its own, out of reach
+    of the group's signal, so they go only because fastwsss.distributed.die_with_launcher asked the kernel."""
     deadline = time.monotonic() + TIMEOUT_S
     while not ready():
         assert proc.poll() is None, f"the run ended before the kill point ({what}): {proc.stderr.read()[-2000:]}"
@@ -169,18 +185,24 @@ def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:  # noqa: ANN00
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stderr.close()
+    gone = time.monotonic() + 20
+    while (left := _processes_of(out)) and time.monotonic() < gone:
+        time.sleep(0.1)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)  # do not leak them into the rest of the suite
+    assert not left, f"{len(left)} worker(s) outlived the killed launcher ({what})"
 
 
 def test_kill_minus_nine_then_resume_equals_straight_run(runs: dict[str, Path]) -> None:
     rng = random.Random(7)
     out = runs["root"] / "killed"
     cls_last = out / "cls" / "last.pt"
-    _kill_when(_start(out, runs["data"]), cls_last.is_file, "cls finished epoch 1")
+    _kill_when(_start(out, runs["data"]), cls_last.is_file, "cls finished epoch 1", out)
     assert not (out / "cls" / "DONE").exists()
     threshold = rng.randint(2, NUM_IMAGES // 2)
     pseudo = out / "pseudo"
     proc = _start(out, runs["data"], "--resume")
-    _kill_when(proc, lambda: pseudo.is_dir() and len(list(pseudo.glob("*.png"))) >= threshold, f"{threshold} masks")
+    _kill_when(proc, lambda: pseudo.is_dir() and len(list(pseudo.glob("*.png"))) >= threshold, f"{threshold} masks", out)
     assert not (pseudo / "DONE").exists() and len(list(pseudo.glob("*.png"))) < NUM_IMAGES
     resumed = train(out, runs["data"], "--resume", "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
