@@ -25,7 +25,6 @@ import torch
 from fastwsss.config import RunConfig
 from fastwsss.errors import FastwsssError
 
-FILE = "environment.jsonl"
 PACKAGES = ("fastwsss", "torch", "torchvision", "triton", "numpy", "pillow", "onnx", "onnxruntime")
 FINGERPRINT_IMAGES = 4
 VOLATILE = ("time", "argv", "pid")
@@ -147,18 +146,12 @@ def environment_record(device: torch.device, processes: int, source: Any | None 
     return row
 
 
-def nested_differences(a: dict[str, Any], b: dict[str, Any], skip: tuple[str, ...] = (), prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """The fields (dotted names) whose values differ between two nested dicts; top-level `skip` keys left out."""
-    found: dict[str, tuple[Any, Any]] = {}
-    for key in sorted(set(a) | set(b)):
-        if not prefix and key in skip:
-            continue
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            found.update(nested_differences(left, right, (), f"{prefix}{key}."))
-        elif left != right:
-            found[f"{prefix}{key}"] = (left, right)
-    return found
+def nested_differences(a: dict[str, Any], b: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """The fields (dotted names, see `flatten`) whose values differ between two nested dicts; top-level
+    `skip` keys left out."""
+    left = flatten({k: v for k, v in a.items() if k not in skip})
+    right = flatten({k: v for k, v in b.items() if k not in skip})
+    return {key: (left.get(key), right.get(key)) for key in sorted(set(left) | set(right)) if left.get(key) != right.get(key)}
 
 
 def environment_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -23,6 +23,9 @@ from fastwsss.distributed import is_main
 from fastwsss.errors import RunDirError
 from fastwsss.io import append_jsonl, read_jsonl, remove_orphan_temps, write_json
 
+ENVIRONMENT_FILE = "environment.jsonl"
+"""One row per start of the run (fastwsss.environment)."""
+
 
 def round_folder(round_: int) -> str:
     """Where CONTA's round `round_` keeps its stage outputs, relative to the run directory."""
@@ -92,11 +95,11 @@ class RunDir:
     def record_environment(self, row: dict[str, Any]) -> None:
         """Append one row (fastwsss.environment) to RUNDIR/environment.jsonl."""
         if is_main():
-            append_jsonl(self.top / "environment.jsonl", row)
+            append_jsonl(self.top / ENVIRONMENT_FILE, row)
 
     def environments(self) -> list[dict[str, Any]]:
         """Every start's environment row, oldest first."""
-        return read_jsonl(self.top / "environment.jsonl")
+        return read_jsonl(self.top / ENVIRONMENT_FILE)
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)

@@ -19,7 +19,8 @@ def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(latest.values(), key=lambda r: (r.get("round") or 0, STAGE_ORDER.get(r.get("stage"), 9), r.get("split", "")))
 
 
-def _pct(value: Any) -> str:
+def percent(value: Any) -> str:
+    """A fraction as a percentage with one decimal; '-' for None or NaN."""
     return "-" if value is None or value != value else f"{100 * value:.1f}"
 
 
@@ -30,10 +31,10 @@ def metrics_table(rows: list[dict[str, Any]], title: str = "mIoU (%)") -> Table:
     for row in latest_rows(rows):
         best = ""
         if row.get("best_miou") is not None:
-            best = f"{row['best_bg_threshold']:.2f} / {_pct(row['best_miou'])}"
+            best = f"{row['best_bg_threshold']:.2f} / {percent(row['best_miou'])}"
         table.add_row(
             str(row.get("stage")), str(row.get("split")), str(row.get("method")),
-            "-" if row.get("round") is None else str(row["round"]), _pct(row.get("miou")), best, str(row.get("images", "")),
+            "-" if row.get("round") is None else str(row["round"]), percent(row.get("miou")), best, str(row.get("images", "")),
         )
     return table
 
@@ -44,7 +45,7 @@ def per_class_table(row: dict[str, Any]) -> Table:
     table.add_column("class")
     table.add_column("IoU", justify="right")
     for name, value in zip(names, row["per_class_iou"], strict=False):
-        table.add_row(name, _pct(value))
+        table.add_row(name, percent(value))
     return table
 
 
@@ -73,7 +74,7 @@ def compare_table(runs: list[tuple[str, list[dict[str, Any]]]]) -> Table:
         cells = []
         for index, (_, by_key) in enumerate(latest):
             value = by_key[key]["miou"] if key in by_key else None
-            cell = _pct(value)
+            cell = percent(value)
             if index and value is not None and key in base and base[key]["miou"] is not None:
                 cell += f" ({100 * (value - base[key]['miou']):+.1f})"
             cells.append(cell)

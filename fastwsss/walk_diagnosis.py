@@ -94,7 +94,7 @@ def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") ->
             image, gt = source.load_pair(image_id)
             cams = load_cam_npz(run.path / "cams" / f"{image_id}.npz")
             ir_label = read_label_png(run.path / "ir_labels" / f"{image_id}.png", source.num_classes)
-        except (DataError, FastwsssError, OSError) as exc:
+        except (FastwsssError, OSError) as exc:
             warn(f"diagnose: {image_id}: {exc}; left out")
             continue
         with torch.inference_mode():

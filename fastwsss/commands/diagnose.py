@@ -10,10 +10,7 @@ from rich.table import Table
 from fastwsss.errors import ConfigError
 from fastwsss.io import write_json
 from fastwsss.progress import console
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.1f}"
+from fastwsss.summary import percent
 
 
 def diagnose_command(rundir: Path, images: int, device: str, json_path: Path | None) -> dict[str, Any]:
@@ -38,7 +35,7 @@ def diagnose_command(rundir: Path, images: int, device: str, json_path: Path | N
     walk.add_column("boundary map, walk")
     walk.add_column("mIoU", justify="right")
     for name, value in result["pseudo_miou"].items():
-        walk.add_row(name, _pct(value))
+        walk.add_row(name, percent(value))
     console.print(walk)
     if json_path is not None:
         write_json(json_path, result)

@@ -19,7 +19,7 @@ import torch
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import save_mask_png
-from fastwsss.distributed import all_gather, on_main, shard
+from fastwsss.distributed import barrier, on_main, shard
 from fastwsss.errors import CheckpointError, DataError
 from fastwsss.io import atomic_path
 from fastwsss.methods.conta import ConfounderSetBuilder, MaskTable, foreground_map
@@ -83,7 +83,7 @@ def run_confounder(ctx: StageContext) -> None:
     missing = on_main(still_missing)  # one list for every rank, taken before any rank writes a prediction
     if missing:
         _predict_missing(ctx, shard(missing), train, out / "pred")
-    all_gather(None)  # every rank's predictions are on disk before rank 0 reads them
+    barrier()  # every rank's predictions are on disk before rank 0 reads them
     on_main(lambda: _write_confounders(ctx, train, ids, mask_path, len(missing)))
 
 
