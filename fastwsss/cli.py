@@ -102,7 +102,10 @@ def train(
         "global_cam,c2am; conta adds confounder and runs them in every round")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed of the run")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Local torchvision ImageNet state dict for the backbone")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local torchvision ImageNet state dict for the classifier and, "
+        "when irn.backbone_from is imagenet, the IRN backbone (ResNet-50 for voc/coco)")] = None,
+    seg_weights: Annotated[Path | None, typer.Option(help="Local torchvision ImageNet state dict for DeepLab's "
+        "backbone (ResNet-101 for voc/coco)")] = None,
     backbone: Annotated[str | None, typer.Option(help="resnet18/34/50/101, resnet18_half, resnet18_quarter")] = None,
     epochs: Annotated[int | None, typer.Option(help="Classifier epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Classifier batch size")] = None,
@@ -115,6 +118,8 @@ def train(
         "(repeatable)")] = None,
     nproc: Annotated[int, typer.Option(help="Processes to start with torchrun (one per GPU; gloo on the CPU); "
         "same as `torchrun --nproc-per-node N -m fastwsss train ...`")] = 1,
+    dry_run: Annotated[bool, typer.Option(help="Print each stage's split, images, steps, batch, lr schedule and "
+        "weights, then stop without doing any work")] = False,
 ) -> None:
     """Train a method end to end (or the --stages you name). With no options: the default synthetic job.
 
@@ -128,7 +133,9 @@ def train(
 
       fastwsss train --method c2am                     # C2AM: baseline, global CAM, fine-tune, rest
 
-      fastwsss train --data voc --preset voc --root ~/VOCdevkit/VOC2012 --weights resnet50.pth
+      fastwsss train --data voc --root ~/VOCdevkit/VOC2012 --weights resnet50.pth --seg-weights resnet101.pth
+
+      fastwsss train --data voc --root ... --weights ... --seg-weights ... --dry-run   # the plan, no work
 
       fastwsss train --data voc --preset voc --root ... --weights ... --nproc 4   # 4 GPUs, DistributedDataParallel
     """
@@ -142,13 +149,18 @@ def train(
         "data.name": data, "data.root": str(root) if root else None, "data.num_workers": num_workers,
         "data.cls_labels": str(cls_labels) if cls_labels else None,
         "cls.weights": str(weights) if weights else None, "cls.backbone": backbone, "cls.epochs": epochs,
-        "cls.batch_size": batch_size, "cls.lr": lr,
+        "cls.batch_size": batch_size, "cls.lr": lr, "seg.weights": str(seg_weights) if seg_weights else None,
     }
     if data in ("voc", "coco") and preset == "synthetic":
         preset = data
     base = get_preset(preset, method or "cam")
+    if base.irn.backbone_from == "imagenet":
+        options["irn.weights"] = options["cls.weights"]
     options.update(parse_setting(base, text) for text in settings or [])
     config = validate(apply_options(base, options))
+    if dry_run:
+        print_dry_run(config, stages)
+        return
     if resume and out is not None and (out / "config.json").is_file():
         saved = RunDir(out).load_config()
         check_resume_options(saved, options, out)
@@ -161,6 +173,19 @@ def train(
             _print_metrics(run.path, verbose=False)
     finally:
         shutdown()
+
+
+def print_dry_run(config: RunConfig, stages: str | None) -> None:
+    """The plan of `train --dry-run`, then the weights check a real run would make before its first stage."""
+    from fastwsss.dry_run import dry_run_rows, format_rows
+    from fastwsss.stages import stages_for
+    from fastwsss.weights import check_pretrained
+
+    console.print(f"dry run: method {config.method}, preset {config.preset}, data {config.data.name}; nothing is "
+                  "trained or written", soft_wrap=True, highlight=False)
+    for line in format_rows(dry_run_rows(config, stages)):
+        console.print(escape(line), soft_wrap=True, highlight=False)
+    check_pretrained(config, [stage.name for stage in stages_for(config.method, stages)])
 
 
 def start_processes(nproc: int, device: str | None) -> None:
@@ -265,15 +290,30 @@ def eval_command(
 def presets(
     name: Annotated[str | None, typer.Argument(help="Show this preset's full settings")] = None,
     method: Annotated[str, typer.Option(help="Show the settings as this method gets them (cam, c2am, conta)")] = "cam",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the resolved settings as JSON instead")] = False,
 ) -> None:
-    """List the presets, or print one preset's resolved settings as JSON."""
+    """List the presets, or print one preset's settings, each with the released file and line (or paper
+    section) its value comes from."""
     import json
+
+    from fastwsss.environment import flatten
+    from fastwsss.provenance import sources
 
     if name is None:
         for key, factory in PRESETS.items():
-            console.print(f"[bold]{key}[/bold]: {(factory.__doc__ or '').strip()}")
+            console.print(f"[bold]{key}[/bold]: {(factory.__doc__ or '').strip().splitlines()[0]}")
         return
-    sys.stdout.write(json.dumps(get_preset(name, method).to_dict(), indent=2) + "\n")
+    config = get_preset(name, method)
+    if as_json:
+        sys.stdout.write(json.dumps(config.to_dict(), indent=2) + "\n")
+        return
+    origin = sources(name, method)
+    values = flatten(config.to_dict())
+    width = max(len(key) for key in values)
+    for key, value in values.items():
+        text = json.dumps(value) if not isinstance(value, str) else value
+        note = f"  # {origin[key]}" if key in origin else ""
+        sys.stdout.write(f"{key.ljust(width)} = {text}{note}\n")
 
 
 @data_app.command("synth")

@@ -60,6 +60,12 @@ class ClsConfig:
     head_lr_mult: float = 10.0
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    """SGD momentum of the cls and c2am stages. IRNet's PolyOptimizer passes its weight decay positionally
+    into SGD's momentum slot (the per-group weight decay still applies), so the released runs train with
+    momentum 1e-4: the `voc`/`coco` value (docs/reproduce.md)."""
+    train_bn_affine: bool = False
+    """With `freeze_bn`: True keeps every BatchNorm's statistics fixed but trains the affine parameters of all
+    but the stem's bn1 (IRNet's FixedBatchNorm; `detach_early` still stops layer1/2); False freezes them all."""
     resize_long: tuple[int, int] = (320, 640)
     crop: int = 512
 
@@ -95,8 +101,22 @@ class IRNConfig:
     batch_size: int = 32
     lr: float = 0.1
     weight_decay: float = 1e-4
+    momentum: float = 0.9
     resize_long: tuple[int, int] = (320, 640)
+    scale_range: tuple[float, ...] = ()
+    """Training rescale: empty = a random long side in `resize_long`; (lo, hi) = a random factor of the
+    image's own size (IRNet: 0.5, 1.5)."""
     crop: int = 512
+    pairs: str = "all"
+    """Training pair set: "all" = every in-grid pair; "pathindex" = IRNet's PathIndex, sources only in the
+    window rows [0, h - r + 1), columns [r - 1, w - r + 1) for radius r."""
+    label_offset: int = 0
+    """IR labels go to the stride-4 grid as label[o::4, o::4]; IRNet's PIL nearest x0.25 samples o = 2."""
+    infer_pad: int = 0
+    """Boundary inference pads the image to a multiple of the output stride (0), or to infer_pad x infer_pad
+    (IRNet: 512, its training crop; GroupNorm statistics include the padding)."""
+    relu_after_upsample: bool = False
+    """Edge taps 3..5: False = conv, GroupNorm, ReLU, upsample; True = conv, GroupNorm, upsample, ReLU (IRNet)."""
 
 
 @dataclass
@@ -124,6 +144,26 @@ class SegConfig:
     momentum: float = 0.9
     crop: int = 321
     scale_range: tuple[float, float] = (0.5, 1.5)
+    scales: tuple[float, ...] = ()
+    """Training rescale factors drawn from this set (DeepLab's 0.5..1.5); empty = uniform in `scale_range`."""
+    iterations: int = 0
+    """Optimiser steps (DeepLab: 20k), taking the place of `epochs`; 0 = `epochs` passes over the pseudo masks."""
+    iter_size: int = 1
+    """Gradient accumulation: each step's `batch_size` images go through the net in `iter_size` chunks whose
+    losses are averaged (DeepLab: 2 forward batches of 5 per step)."""
+    lr_step: int = 1
+    """The poly lr is recomputed every `lr_step` steps (DeepLab's PolynomialLR: 10)."""
+    freeze_bn: bool = False
+    """BatchNorm keeps its ImageNet statistics and affine parameters (DeepLab's freeze_bn)."""
+    param_groups: str = "two"
+    """"two": backbone at lr, head at lr x head_lr_mult; "deeplab": backbone convolutions at lr, head
+    weights at lr x head_lr_mult, head biases at 2 x that without weight decay (DeepLab's 1x/10x/20x)."""
+    loss_at: str = "input"
+    """Cross entropy on logits upsampled to the crop ("input") or at the logit grid with the labels
+    downsampled by nearest ("logits", DeepLab)."""
+    msc_scales: tuple[float, ...] = ()
+    """DeepLab's MSC: extra input scales (0.5, 0.75); training sums the loss of every scale and of their max,
+    prediction takes the max. Empty = single scale."""
 
 
 @dataclass
@@ -147,6 +187,11 @@ class C2AMConfig:
     head_lr_mult: float = 10.0
     freeze_bn: bool = False
     scale_logits: bool = True
+    output_stride: int = 0
+    """Output stride of the fine-tune (C2AM: torchvision's 32); 0 = the classifier's. The saved classifier
+    keeps the classifier's stride for CAM inference."""
+    freeze_stem: bool = False
+    """Freeze conv1 and bn1's affine parameters during the fine-tune (C2AM's Net.train)."""
 
 
 @dataclass
@@ -261,37 +306,73 @@ def preset_synthetic() -> RunConfig:
                      seg=_small_seg(), c2am=_small_c2am(), conta=ContaConfig(mask_size=32))
 
 
+RELEASED_CAM_SWEEP = (0.05, 0.10, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.20, 0.25, 0.30, 0.40, 0.50, 0.60)
+"""The seed-threshold sweep with every value of C2AM's run_c2am.sh (0.13..0.20 in steps of 0.01)."""
+
+
+def _released_irn(**changes: Any) -> IRNConfig:
+    """IRNet's train_irn.py / EdgeDisplacement on an ImageNet ResNet-50 (give irn.weights via --weights)."""
+    base = IRNConfig(momentum=1e-4, scale_range=(0.5, 1.5), pairs="pathindex", label_offset=2, infer_pad=512,
+                     relu_after_upsample=True)
+    return dataclasses.replace(base, **changes)
+
+
+def _released_seg(**changes: Any) -> SegConfig:
+    """DeepLab-v2 ResNet-101 MSC as configured in CONTA's (and kazuto1011's) voc12.yaml and main.py."""
+    base = SegConfig(batch_size=10, iter_size=2, iterations=20_000, lr=2.5e-4, head_lr_mult=10.0, weight_decay=5e-4,
+                     momentum=0.9, crop=321, scales=(0.5, 0.75, 1.0, 1.25, 1.5), lr_step=10, freeze_bn=True,
+                     param_groups="deeplab", loss_at="logits", msc_scales=(0.5, 0.75))
+    return dataclasses.replace(base, **changes)
+
+
 def preset_voc() -> RunConfig:
-    """PASCAL VOC 2012 with the released IRNet defaults (give --root and --weights)."""
+    """PASCAL VOC 2012 with the released IRNet / CONTA / C2AM settings (give --root, --weights, --seg-weights).
+
+    `fastwsss presets voc` prints where every released value comes from.
+    """
     return RunConfig(
         preset="voc",
-        data=DataConfig(name="voc", train_split="train_aug", val_split="val", cam_split="train", num_workers=4),
-        cls=ClsConfig(),
+        data=DataConfig(name="voc", train_split="train_aug", val_split="val", cam_split="train_aug", num_workers=4),
+        cls=ClsConfig(momentum=1e-4, train_bn_affine=True),
         ir_label=IRLabelConfig(crf=True),
+        irn=_released_irn(),
+        seg=_released_seg(),
+        eval=EvalConfig(cam_bg_sweep=RELEASED_CAM_SWEEP),
     )
 
 
 def preset_coco() -> RunConfig:
-    """COCO 2014 in the WSSS layout (see fastwsss.data.coco), IRNet classifier defaults."""
-    return RunConfig(
+    """COCO 2014 in the WSSS layout (see fastwsss.data.coco) with the VOC preset's released definitions."""
+    voc = preset_voc()
+    return dataclasses.replace(
+        voc,
         preset="coco",
         data=DataConfig(name="coco", train_split="train", val_split="val", cam_split="train", num_workers=4),
-        cls=ClsConfig(),
+        seg=dataclasses.replace(voc.seg, iterations=100_000),
     )
 
 
+def _released_c2am(config: RunConfig) -> RunConfig:
+    """C2AM's fine-tune network: torchvision's stride-32 ResNet-50 with conv1/bn1 frozen (net/resnet50_cam.py)."""
+    return dataclasses.replace(config, c2am=dataclasses.replace(config.c2am, output_stride=32, freeze_stem=True))
+
+
 def _voc_c2am(config: RunConfig) -> RunConfig:
-    """C2AM's released downstream settings: two more CAM scales, IR thresholds 0.375 / 0.10, sem bg 0.20."""
+    """C2AM's released VOC settings: its fine-tune network, two more CAM scales, IR thresholds 0.375 / 0.10, sem
+    bg 0.20 (cfg/c2am.yml) and its DeepLab schedule (batch 10 x 2, 30k iterations, scales 0.5..2.0)."""
+    config = _released_c2am(config)
     return dataclasses.replace(
         config,
         cam=dataclasses.replace(config.cam, scales=(*config.cam.scales, 2.5, 3.0)),
         ir_label=dataclasses.replace(config.ir_label, fg_threshold=0.375, bg_threshold=0.10),
         pseudo=dataclasses.replace(config.pseudo, bg_threshold=0.20),
+        seg=dataclasses.replace(config.seg, batch_size=20, iterations=30_000, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)),
     )
 
 
 METHOD_PRESET_CHANGES: dict[tuple[str, str], Callable[[RunConfig], RunConfig]] = {
     ("voc", "c2am"): _voc_c2am,
+    ("coco", "c2am"): _released_c2am,
 }
 """Settings a method changes in a preset (e.g. C2AM's released thresholds on VOC), keyed (preset, method)."""
 
@@ -343,6 +424,7 @@ def validate(config: RunConfig) -> RunConfig:
     need(c.weight_decay >= 0, "cls.weight_decay", "must be >= 0")
     need(0 < c.resize_long[0] <= c.resize_long[1], "cls.resize_long", f"need 0 < min <= max, got {c.resize_long}")
     need(c.crop >= 16, "cls.crop", f"must be >= 16, got {c.crop}")
+    need(not c.train_bn_affine or c.freeze_bn, "cls.train_bn_affine", "only applies with cls.freeze_bn true")
     need(len(config.cam.scales) >= 1 and all(x > 0 for x in config.cam.scales), "cam.scales", "need positive scales")
     i = config.ir_label
     need(0 < i.bg_threshold < i.fg_threshold < 1, "ir_label.fg_threshold",
@@ -352,6 +434,12 @@ def validate(config: RunConfig) -> RunConfig:
     need(r.radius >= 2, "irn.radius", f"must be >= 2, got {r.radius}")
     need(r.epochs >= 1 and r.batch_size >= 1 and r.lr > 0, "irn.epochs", "epochs, batch_size and lr must be positive")
     need(0 < r.resize_long[0] <= r.resize_long[1] and r.crop >= 16, "irn.crop", "need a valid resize_long and crop >= 16")
+    need(0 <= r.momentum < 1, "irn.momentum", f"must be in [0, 1), got {r.momentum}")
+    need(r.scale_range == () or (len(r.scale_range) == 2 and 0 < r.scale_range[0] <= r.scale_range[1]), "irn.scale_range",
+         f"empty or (min, max) with 0 < min <= max, got {r.scale_range}")
+    need(r.pairs in ("all", "pathindex"), "irn.pairs", f"all or pathindex, got {r.pairs!r}")
+    need(0 <= r.label_offset < 4, "irn.label_offset", f"must be in 0..3, got {r.label_offset}")
+    need(r.infer_pad == 0 or r.infer_pad % 16 == 0, "irn.infer_pad", f"0 or a multiple of 16, got {r.infer_pad}")
     p = config.pseudo
     need(p.radius >= 2, "pseudo.radius", f"must be >= 2, got {p.radius}")
     need(p.beta > 0, "pseudo.beta", f"must be > 0, got {p.beta}")
@@ -368,11 +456,20 @@ def validate(config: RunConfig) -> RunConfig:
     need(g.weight_decay >= 0, "seg.weight_decay", f"must be >= 0, got {g.weight_decay}")
     need(0 < g.scale_range[0] <= g.scale_range[1], "seg.scale_range", f"need 0 < min <= max, got {g.scale_range}")
     need(g.crop >= 16, "seg.crop", f"must be >= 16, got {g.crop}")
+    need(all(x > 0 for x in g.scales), "seg.scales", f"need positive factors, got {g.scales}")
+    need(g.iterations >= 0, "seg.iterations", f"must be >= 0, got {g.iterations}")
+    need(g.iter_size >= 1 and g.batch_size % g.iter_size == 0, "seg.iter_size",
+         f"must be >= 1 and divide seg.batch_size ({g.batch_size}), got {g.iter_size}")
+    need(g.lr_step >= 1, "seg.lr_step", f"must be >= 1, got {g.lr_step}")
+    need(g.param_groups in ("two", "deeplab"), "seg.param_groups", f"two or deeplab, got {g.param_groups!r}")
+    need(g.loss_at in ("input", "logits"), "seg.loss_at", f"input or logits, got {g.loss_at!r}")
+    need(all(0 < x for x in g.msc_scales), "seg.msc_scales", f"need positive scales, got {g.msc_scales}")
     m = config.c2am
     need(m.global_size >= 1, "c2am.global_size", f"must be >= 1, got {m.global_size}")
     need(m.gamma > 0, "c2am.gamma", f"must be > 0, got {m.gamma}")
     need(m.epochs >= 1 and m.batch_size >= 1 and m.lr > 0 and m.head_lr_mult > 0, "c2am.epochs",
          "epochs, batch_size, lr and head_lr_mult must be positive")
+    need(m.output_stride in (0, 8, 16, 32), "c2am.output_stride", f"0 (the classifier's), 8, 16 or 32, got {m.output_stride}")
     t = config.conta
     need(t.rounds >= 0, "conta.rounds", f"must be >= 0, got {t.rounds}")
     need(t.extra_at in CONTA_EXTRA_AT, "conta.extra_at", f"one of {', '.join(CONTA_EXTRA_AT)}, got {t.extra_at!r}")
@@ -407,8 +504,11 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return validate(_from_dict(RunConfig, values))
 
 
-def _coerce(text: str, current: Any, setting: str) -> Any:
-    """`text` as a value of the type `current` has (bool, int, float, str, tuple, or None: JSON or text)."""
+def _coerce(text: str, current: Any, setting: str, item_type: type = str) -> Any:
+    """`text` as a value of the type `current` has (bool, int, float, str, tuple, or None: JSON or text).
+
+    `item_type` is the item type of an empty tuple (read from the field's annotation by `parse_setting`).
+    """
     lowered = text.strip().lower()
     try:
         if isinstance(current, bool):
@@ -421,7 +521,7 @@ def _coerce(text: str, current: Any, setting: str) -> Any:
             return float(text)
         if isinstance(current, tuple):
             items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
-            kind = type(current[0]) if current else str
+            kind = type(current[0]) if current else item_type
             return tuple(_coerce(str(item), kind(), setting) if kind is not str else str(item).strip() for item in items)
         if current is None:
             if lowered in ("none", "null", ""):
@@ -446,13 +546,16 @@ def parse_setting(config: RunConfig, assignment: str) -> tuple[str, Any]:
         raise ConfigError(f"--set: expected SECTION.NAME=VALUE (e.g. cls.epochs=3), got {assignment!r}")
     current: Any = config
     path: list[str] = []
+    annotation = ""
     for name in dotted.split("."):
-        names = [f.name for f in dataclasses.fields(current)] if dataclasses.is_dataclass(current) else []
-        if name not in names:
+        fields = {f.name: f for f in dataclasses.fields(current)} if dataclasses.is_dataclass(current) else {}
+        if name not in fields:
             where = ".".join(path) or "settings"
-            raise ConfigError(f"--set {dotted}: unknown name {name!r} in {where}; valid: {', '.join(names) or 'none'}")
+            raise ConfigError(f"--set {dotted}: unknown name {name!r} in {where}; valid: {', '.join(fields) or 'none'}")
+        annotation = str(fields[name].type)
         current = getattr(current, name)
         path.append(name)
     if dataclasses.is_dataclass(current):
         raise ConfigError(f"--set {dotted}: a section, not a setting; valid: {', '.join(f.name for f in dataclasses.fields(current))}")
-    return dotted, _coerce(text, current, dotted)
+    item_type = float if "tuple[float" in annotation else int if "tuple[int" in annotation else str
+    return dotted, _coerce(text, current, dotted, item_type)

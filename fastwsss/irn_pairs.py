@@ -11,6 +11,13 @@ p whose partner p + d lies inside the grid, the pair is
 
 and a pair touching 255 (or leaving the grid) is in no set. Masks are boolean (B, D, h, w), indexed like
 the affinities of `fastwsss.affinity.path_max_affinity`.
+
+IRNet's released definitions (misc/indexing.py PathIndex, voc12/dataloader.py) are options:
+- `pair_masks(..., window=True)`: PathIndex takes sources only inside one window for every direction, rows
+  [0, h - f) and columns [f, w - f) with f = radius - 1 (its radius_floor), so a source near the left,
+  right or bottom edge has no pairs even in directions that stay inside the grid.
+- `downsample_labels(..., offset=2)`: IRNet shrinks the 512 crop's labels with PIL's nearest x0.25, which
+  samples the centre of each 4 x 4 cell, rows and columns 2, 6, 10, ...
 """
 
 from __future__ import annotations
@@ -39,13 +46,33 @@ class PairMasks(NamedTuple):
         return {name: int(mask.sum()) for name, mask in zip(self._fields, self, strict=True)}
 
 
-def downsample_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Nearest x0.25: (B, H, W) or (H, W) labels -> every 4th row and column from the first."""
-    return labels[..., ::STRIDE, ::STRIDE]
+def downsample_labels(labels: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Nearest x0.25: (B, H, W) or (H, W) labels -> every 4th row and column from `offset`.
+
+    With offset > 0 the grid keeps (H - 1) // 4 + 1 rows like the boundary map: where the last cell has no
+    sample at row 4i + offset it takes the image's last row (PIL on a crop of a multiple of 4 never needs it).
+    """
+    if offset == 0:
+        return labels[..., ::STRIDE, ::STRIDE]
+    height, width = labels.shape[-2:]
+    rows = torch.clamp(torch.arange(0, height, STRIDE) + offset, max=height - 1)
+    cols = torch.clamp(torch.arange(0, width, STRIDE) + offset, max=width - 1)
+    return labels[..., rows[:, None], cols[None, :]]
 
 
-def pair_masks(grid_labels: torch.Tensor, radius: int) -> PairMasks:
-    """The bg_pos / fg_pos / neg masks of (B, h, w) stride-4 labels for the half disc of `radius`."""
+def source_window(height: int, width: int, radius: int) -> torch.Tensor:
+    """(h, w) bool: PathIndex's source cells, rows [0, h - f) and columns [f, w - f) with f = radius - 1."""
+    floor = radius - 1
+    window = torch.zeros(height, width, dtype=torch.bool)
+    window[: max(height - floor, 0), floor : max(width - floor, floor)] = True
+    return window
+
+
+def pair_masks(grid_labels: torch.Tensor, radius: int, window: bool = False) -> PairMasks:
+    """The bg_pos / fg_pos / neg masks of (B, h, w) stride-4 labels for the half disc of `radius`.
+
+    `window`: only PathIndex's source cells (see `source_window`) have pairs.
+    """
     if grid_labels.dim() == 2:
         grid_labels = grid_labels.unsqueeze(0)
     if grid_labels.dim() != 3:
@@ -64,6 +91,8 @@ def pair_masks(grid_labels: torch.Tensor, radius: int) -> PairMasks:
     )
     source = labels.unsqueeze(1)
     valid = (source != IGNORE_INDEX) & (partners != IGNORE_INDEX)
+    if window:
+        valid = valid & source_window(height, width, radius).to(valid.device)
     same = source == partners
     return PairMasks(
         bg_pos=valid & same & (source == 0),

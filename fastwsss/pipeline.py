@@ -18,6 +18,7 @@ from fastwsss.progress import log
 from fastwsss.rundir import RunDir, create_or_resume
 from fastwsss.stages import plan, stages_for
 from fastwsss.stages.context import StageContext, StepHook, resolve_device
+from fastwsss.weights import check_pretrained
 
 
 def default_run_name(config: RunConfig) -> str:
@@ -30,6 +31,7 @@ TRAINING_STAGES = ("cls", "c2am", "irn", "seg")
 
 def preflight(config: RunConfig, stage_names: list[str], processes: int = 1) -> None:
     """Checks of the environment that would otherwise fail hours into a run."""
+    check_pretrained(config, stage_names)
     if "ir_label" in stage_names and config.ir_label.crf and not crf_available():
         raise ConfigError("ir_label.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or set crf off")
     for stage in TRAINING_STAGES:

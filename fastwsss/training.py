@@ -112,6 +112,24 @@ class TrainJob:
     """What to try when the loss is not finite (names the setting)."""
     checkpointed: nn.Module | None = None
     """The module whose weights go into last.pt (default: `model`; IRN keeps only its head)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (the poly schedule then runs over them); None = `epochs` epochs."""
+    accumulate: int = 1
+    """Each batch goes through `compute_loss` in this many equal chunks whose gradients add up (DeepLab's
+    iter_size); each chunk's loss is divided by `accumulate`."""
+    lr_step: int = 1
+    """The poly lr is recomputed at steps 0, lr_step, 2 lr_step, ... and kept in between (DeepLab's PolynomialLR)."""
+
+
+def chunks(sample: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """`sample` split along the batch into `parts` equal pieces (tensors and lists alike)."""
+    if parts == 1:
+        return [sample]
+    size = len(next(iter(sample.values())))
+    if size % parts:
+        raise FastwsssError(f"a batch of {size} images does not split into {parts} equal chunks")
+    step = size // parts
+    return [{k: v[i * step:(i + 1) * step] for k, v in sample.items()} for i in range(parts)]
 
 
 def _resume(ctx: StageContext, job: TrainJob, module: nn.Module) -> tuple[int, int]:
@@ -156,38 +174,46 @@ def run_epochs(ctx: StageContext, job: TrainJob) -> int:
     module = job.checkpointed if job.checkpointed is not None else job.model
     batch = min(job.batch_size, len(job.dataset))
     steps_per_epoch = len(job.dataset) // batch
-    max_step = steps_per_epoch * job.epochs
+    epochs = job.epochs if job.max_steps is None else -(-job.max_steps // steps_per_epoch)
+    max_step = steps_per_epoch * epochs if job.max_steps is None else job.max_steps
     part = len(split_batch(list(range(batch)), batch, f"{job.stage}.batch_size"))  # this rank's images per step
     start_epoch, step = _resume(ctx, job, module)
     forward = distributed_forward(job.model, ctx.device)
     dataset = SkipUnreadable(job.dataset, job.stage)
     with make_progress() as progress:
         task = progress.add_task(f"{job.stage}: train", total=max_step, completed=step, info="")
-        for epoch in range(start_epoch, job.epochs):
+        for epoch in range(start_epoch, epochs):
             dataset.set_epoch(epoch)
             order = split_batch(epoch_order(len(dataset), cfg.seed, epoch)[: steps_per_epoch * batch], batch)
             loader = DataLoader(dataset, batch_size=part, sampler=order, num_workers=cfg.data.num_workers, drop_last=True)
             job.model.train()
             total, count = 0.0, 0
             for sample in loader:
+                if step >= max_step:
+                    break
                 sample = {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in sample.items()}
                 for group in job.optimizer.param_groups:
-                    group["lr"] = poly_lr(group["initial_lr"], step, max_step)
-                loss = job.compute_loss(forward, sample)
-                value = mean_over_ranks(loss.item(), ctx.device)  # every rank sees the same value (and NaN)
-                if not math.isfinite(value):
-                    kept = job.last_path if job.last_path.exists() else "none (first epoch)"
-                    raise FastwsssError(
-                        f"{job.stage}: loss is {value} at epoch {epoch + 1} step {step + 1}; the last good "
-                        f"checkpoint stays at {kept}; {job.hint}"
-                    )
+                    group["lr"] = poly_lr(group["initial_lr"], step - step % job.lr_step, max_step)
                 job.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                value = 0.0
+                for part_sample in chunks(sample, job.accumulate):
+                    loss = job.compute_loss(forward, part_sample)
+                    if job.accumulate > 1:
+                        loss = loss / job.accumulate
+                    part_value = mean_over_ranks(loss.item(), ctx.device)  # every rank sees the same value (and NaN)
+                    if not math.isfinite(part_value):
+                        kept = job.last_path if job.last_path.exists() else "none (first epoch)"
+                        raise FastwsssError(
+                            f"{job.stage}: loss is {part_value} at epoch {epoch + 1} step {step + 1}; the last good "
+                            f"checkpoint stays at {kept}; {job.hint}"
+                        )
+                    loss.backward()
+                    value += part_value
                 job.optimizer.step()
                 step += 1
                 total += value
                 count += 1
-                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{job.epochs} loss {total / count:.4f}")
+                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {total / count:.4f}")
                 ctx.step(job.stage, step)
             row = {"stage": job.metric_stage, "split": job.split, "method": cfg.method, "epoch": epoch + 1,
                    "loss": total / max(count, 1), "miou": None, "per_class_iou": None}

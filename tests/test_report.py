@@ -222,7 +222,7 @@ def test_c2am_report_embeds_the_global_cam(tmp_path: Path) -> None:
 
 def test_voc_images_become_small_thumbnails(tmp_path: Path, voc_mini: Path) -> None:
     config = get_preset("voc")
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(voc_mini)))
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(voc_mini), cam_split="train"))
     run = tmp_path / "voc"
     RunDir(run).save_config(config)
     source = build_source(config.data, config.data.cam_split)

@@ -36,6 +36,11 @@ class ClassificationDataset(Dataset):
     With `augment=True`: random long-side resize in `resize_long`, random h-flip, ImageNet normalisation,
     random crop (pad 0). With `augment=False`: long side resized to `crop`, normalised, top-left placed on
     a zero canvas, so batches still stack and nothing is random.
+
+    Rescaling relative to each image's own size replaces `resize_long` when given: `scale_set`, a factor
+    drawn from the set (DeepLab's 0.5..1.5), else `scale_range`, a long side drawn uniformly from the
+    integers round(lo * L) .. round(hi * L) for the image's long side L (IRNet's random_scale draws the
+    factor continuously; the integer long side is the same up to one pixel).
     """
 
     def __init__(
@@ -45,6 +50,8 @@ class ClassificationDataset(Dataset):
         crop: int,
         seed: int = 0,
         augment: bool = True,
+        scale_range: tuple[float, ...] = (),
+        scale_set: tuple[float, ...] = (),
     ) -> None:
         lo, hi = resize_long
         if not 0 < lo <= hi:
@@ -56,6 +63,12 @@ class ClassificationDataset(Dataset):
         self.crop = int(crop)
         self.seed = int(seed)
         self.augment = augment
+        if scale_range and not (len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1]):
+            raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range}")
+        if any(f <= 0 for f in scale_set):
+            raise ValueError(f"scale factors must be positive, got {scale_set}")
+        self.scale_range = tuple(float(x) for x in scale_range)
+        self.scale_set = tuple(float(x) for x in scale_set)
         self.epoch = 0
         self._labels: dict[str, np.ndarray] = {}
 
@@ -85,10 +98,24 @@ class ClassificationDataset(Dataset):
         if not self.augment:
             h, w = long_side_size(height, width, self.crop)
             return self.crop, False, top_left_box(h, w, self.crop)
-        long_side = draw_long_side(*self.resize_long, rng)
+        long_side = self._draw_long_side(height, width, rng)
         flip = bool(rng.random() < 0.5)
         h, w = long_side_size(height, width, long_side)
         return long_side, flip, random_crop_box(h, w, self.crop, rng)
+
+    def long_side_range(self, height: int, width: int) -> tuple[int, int]:
+        """The range of the drawn long side for an image of this size."""
+        if not self.scale_range:
+            return self.resize_long
+        longest = max(height, width)
+        lo = max(1, round(self.scale_range[0] * longest))
+        return lo, max(lo, round(self.scale_range[1] * longest))
+
+    def _draw_long_side(self, height: int, width: int, rng: np.random.Generator) -> int:
+        if self.scale_set:
+            factor = self.scale_set[int(rng.integers(len(self.scale_set)))]
+            return max(1, round(factor * max(height, width)))
+        return draw_long_side(*self.long_side_range(height, width), rng)
 
     def _image_tensor(self, image: np.ndarray, long_side: int, flip: bool, box: CropBox) -> torch.Tensor:
         image = resize_long(image, long_side)

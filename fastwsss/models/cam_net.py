@@ -4,6 +4,8 @@ Training-time freezing follows IRNet:
 - `freeze_bn`: every BatchNorm uses its running statistics (stays in eval mode even under `.train()`)
   and its affine parameters get no gradient; the stem convolution (conv1) is frozen as well. Without
   ImageNet weights this would keep random features, which is why the CPU presets switch it off.
+  `train_bn_affine` (with `freeze_bn`) is IRNet's FixedBatchNorm instead: statistics fixed, but the affine
+  parameters of every BatchNorm except the stem's bn1 keep training (conv1 and bn1 stay frozen).
 - `detach_early`: features are detached after stage2, so stage1 and stage2 receive no gradient; their
   parameters are marked `requires_grad=False` and left out of `param_groups()`.
 
@@ -69,6 +71,7 @@ class CAMNet(nn.Module):
         detach_early: bool = True,
         extra_channels: int = 0,
         extra_at: str = "block5",
+        train_bn_affine: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -89,6 +92,7 @@ class CAMNet(nn.Module):
         self.output_stride = output_stride
         self.freeze_bn = freeze_bn
         self.detach_early = detach_early
+        self.train_bn_affine = train_bn_affine
         self.extra_channels = extra_channels
         # What a checkpoint needs to rebuild the module; the weights path is not kept because the saved
         # state dict supersedes it.
@@ -100,6 +104,7 @@ class CAMNet(nn.Module):
             "detach_early": detach_early,
             "extra_channels": extra_channels,
             "extra_at": extra_at,
+            "train_bn_affine": train_bn_affine,
         }
         self._freeze()
         self.train()
@@ -107,8 +112,9 @@ class CAMNet(nn.Module):
     def _freeze(self) -> None:
         frozen: list[nn.Module] = []
         if self.freeze_bn:
-            frozen.append(self.backbone.stage1.conv1)
-            frozen += [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            frozen += [self.backbone.stage1.conv1, self.backbone.stage1.bn1]
+            if not self.train_bn_affine:
+                frozen += [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if self.detach_early:
             frozen += [self.backbone.stage1, self.backbone.stage2]
         for module in frozen:

@@ -18,8 +18,9 @@ ResNet gives the first block of a stage the previous rate; that only matters for
 it). Dilation changes no weight shape, so ImageNet weights load the same way.
 
 The final resize is `F.interpolate(size=images.shape[-2:], mode="bilinear", align_corners=False)`, so an
-exported graph resizes by the input's shape (DEPLOY.md). BatchNorm trains as usual (the config has no
-freezing switch for this stage).
+exported graph resizes by the input's shape (DEPLOY.md). BatchNorm trains as usual unless
+`freeze_batchnorm()` is called (`seg.freeze_bn`, the released DeepLab's freeze_bn): then every BatchNorm of
+the backbone keeps its ImageNet statistics (eval mode under `.train()` too) and its affine parameters.
 """
 
 from __future__ import annotations
@@ -78,14 +79,32 @@ class SegModel(nn.Module):
         self.num_classes = num_classes
         # What a checkpoint needs to rebuild the module; the weights path is superseded by the state dict.
         self.init_kwargs: dict[str, Any] = {"name": model, "backbone": backbone, "num_classes": num_classes}
+        self.frozen_bn = False
+
+    def freeze_batchnorm(self) -> SegModel:
+        """Keep the backbone's BatchNorm statistics and affine parameters as loaded (see the module docstring)."""
+        self.frozen_bn = True
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> SegModel:
+        super().train(mode)
+        if self.frozen_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The stride-8 feature map the head reads."""
         return self.backbone(images)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K+1, H, W) at the input's size."""
-        return _upsample(self.head(self.features(images)), images)
+    def forward(self, images: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+        """Logits (B, K+1, H, W) at the input's size; with upsample=False on the head's stride-8 grid."""
+        logits = self.head(self.features(images))
+        return _upsample(logits, images) if upsample else logits
 
     def param_groups(self) -> list[dict[str, Any]]:
         """[backbone parameters, head parameters]; the trainer gives the head a larger lr."""

@@ -4,6 +4,11 @@ Starts from RUNDIR/cls/ckpt.pt with BatchNorm in train mode and every layer trai
 schedule; `c2am.freeze_bn`), trains `c2am.epochs` with BCE-with-logits of s_c * M_c (M_c from the global
 CAM) at lr `c2am.lr` (head x `c2am.head_lr_mult`), and writes RUNDIR/c2am/ckpt.pt, which the cam stage then
 uses with the plain logits.
+
+The released fine-tune (C2AM's net/resnet50_cam.py, Net) is torchvision's ResNet-50 at output stride 32
+with conv1 and bn1 frozen, while its CAMs come from the stride-16 network (CAM) with the same weights:
+`c2am.output_stride` 32 and `c2am.freeze_stem` do the same here. Strides change no weight shape, so the
+fine-tuned weights are saved in a classifier of the baseline's stride.
 """
 
 from __future__ import annotations
@@ -29,8 +34,13 @@ def run_c2am_cls(ctx: StageContext) -> None:
     out = ctx.run.stage_dir(FOLDER)
     source = build_source(cfg.data, cfg.data.train_split)
     baseline, _ = load_cam_net(ctx.run.path / "cls" / "ckpt.pt", "cpu", expect_num_classes=source.num_classes)
-    model = CAMNet(**{**baseline.init_kwargs, "freeze_bn": m.freeze_bn, "detach_early": False})
+    stride = m.output_stride or baseline.output_stride
+    model = CAMNet(**{**baseline.init_kwargs, "freeze_bn": m.freeze_bn, "detach_early": False, "output_stride": stride,
+                      "train_bn_affine": baseline.train_bn_affine and m.freeze_bn})
     model.load_state_dict(baseline.state_dict())
+    if m.freeze_stem:
+        for module in (model.backbone.stage1.conv1, model.backbone.stage1.bn1):
+            module.requires_grad_(False)
     model.to(ctx.device)
     constants = logit_constants(load_global_cam(ctx), m.gamma).to(ctx.device)
     if not m.scale_logits:  # the ablation control: same schedule, plain logits
@@ -47,6 +57,9 @@ def run_c2am_cls(ctx: StageContext) -> None:
     )
     steps = run_epochs(ctx, job)
     if is_main():
-        save_checkpoint(out / "ckpt.pt", model, {"class_names": source.class_names, "data": cfg.data.name,
-                                                "logit_constants": constants.cpu()})
-    ctx.run.mark_done(STAGE, {"epochs": m.epochs, "steps": steps})
+        saved = CAMNet(**{**model.init_kwargs, "output_stride": baseline.output_stride})
+        saved.load_state_dict(model.state_dict())
+        save_checkpoint(out / "ckpt.pt", saved, {"class_names": source.class_names, "data": cfg.data.name,
+                                                "logit_constants": constants.cpu(), "trained_output_stride": stride})
+    ctx.run.mark_done(STAGE, {"epochs": m.epochs, "steps": steps, "output_stride": stride,
+                              "weights": {"classifier": str(ctx.run.path / "cls" / "ckpt.pt")}})

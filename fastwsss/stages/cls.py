@@ -28,6 +28,7 @@ from fastwsss.models.cam_net import CAMNet, save_checkpoint
 from fastwsss.stages.confounder import load_confounders
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
+from fastwsss.weights import weights_record
 
 STAGE = FOLDER = "cls"
 ATTENTION_FILE = "attention.pt"
@@ -56,6 +57,7 @@ def build_classifier(ctx: StageContext, num_classes: int, extra_channels: int = 
         detach_early=c.detach_early,
         extra_channels=extra_channels,
         extra_at=ctx.config.conta.extra_at,
+        train_bn_affine=c.train_bn_affine,
     )
 
 
@@ -116,4 +118,4 @@ def run_cls(ctx: StageContext) -> None:
             with atomic_path(out / ATTENTION_FILE) as tmp:
                 torch.save(model.attention.state_dict(), tmp)
         save_checkpoint(out / "ckpt.pt", net, {"class_names": source.class_names, "data": cfg.data.name})
-    ctx.run.mark_done(STAGE, {"epochs": c.epochs, "steps": steps})
+    ctx.run.mark_done(STAGE, {"epochs": c.epochs, "steps": steps, "weights": weights_record(c.weights)})

@@ -52,7 +52,7 @@ def _predict_missing(ctx: StageContext, ids: list[str], source: SegmentationSour
         except DataError as exc:
             warn(f"{exc}; no prediction, so its X_m is left at zero")
             continue
-        save_mask_png(predict_mask(model, image, ctx.device), out / f"{image_id}.png")
+        save_mask_png(predict_mask(model, image, ctx.device, ctx.config.seg.msc_scales), out / f"{image_id}.png")
 
 
 def run_confounder(ctx: StageContext) -> None:

@@ -6,7 +6,8 @@ classifier RUNDIR/cls/ckpt.pt whose backbone is copied and frozen.
 
 Each step: boundary logits at stride 4, affinities 1 - max(sigmoid(edge)) along the path of every pair of
 the radius-`irn.radius` half disc (`fastwsss.affinity.path_max_affinity`), the pair loss of
-`fastwsss.irn_pairs`. SGD with momentum 0.9 on the edge head only, poly lr per step. As in the cls stage,
+`fastwsss.irn_pairs` (all in-grid pairs, or IRNet's PathIndex window with `irn.pairs`; labels sampled at
+`irn.label_offset`). SGD with momentum `irn.momentum` on the edge head only, poly lr per step. As in the cls stage,
 data order and augmentation are functions of (seed, epoch, index) and RUNDIR/irn/last.pt is written after
 every epoch, so a resumed run trains exactly as an uninterrupted one; the final model is RUNDIR/irn/ckpt.pt.
 """
@@ -32,17 +33,18 @@ from fastwsss.progress import warn
 from fastwsss.stages.cls import classifier_checkpoint
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
+from fastwsss.weights import weights_record
 
 STAGE = FOLDER = "irn"
 IR_LABEL_FOLDER = "ir_labels"
-MOMENTUM = 0.9
 
 
 class IRLabelDataset(ClassificationDataset):
     """Normalised image crops with their IR-label crops, augmented exactly like classifier training.
 
-    Random long-side resize in `resize_long` (bicubic image, nearest label), random h-flip, random crop
-    (padding: image 0, label 255). Only `ids` (those with an IR-label file) are used, in that order.
+    Random long-side resize in `resize_long`, or by a factor of the image's size in `scale_range` (IRNet's
+    0.5..1.5), bicubic image, nearest label; random h-flip, random crop (padding: image 0, label 255). Only
+    `ids` (those with an IR-label file) are used, in that order.
     """
 
     def __init__(
@@ -53,8 +55,9 @@ class IRLabelDataset(ClassificationDataset):
         resize_long: tuple[int, int],
         crop: int,
         seed: int = 0,
+        scale_range: tuple[float, ...] = (),
     ) -> None:
-        super().__init__(source, resize_long, crop, seed=seed, augment=True)
+        super().__init__(source, resize_long, crop, seed=seed, augment=True, scale_range=scale_range)
         self.label_dir = Path(label_dir)
         self.ids = list(ids)
 
@@ -100,10 +103,11 @@ def labelled_ids(source: SegmentationSource, label_dir: Path) -> list[str]:
 def build_boundary_net(ctx: StageContext) -> BoundaryNet:
     n = ctx.config.irn
     torch.manual_seed(ctx.config.seed)
+    options = {"infer_pad": n.infer_pad, "relu_after_upsample": n.relu_after_upsample}
     if n.backbone_from == "imagenet":
-        return BoundaryNet.from_imagenet(n.backbone, n.weights)
+        return BoundaryNet.from_imagenet(n.backbone, n.weights, **options)
     if n.backbone_from == "cls":
-        return BoundaryNet.from_classifier(classifier_checkpoint(ctx))
+        return BoundaryNet.from_classifier(classifier_checkpoint(ctx), **options)
     raise ConfigError(f"irn.backbone_from: must be 'imagenet' or 'cls', got {n.backbone_from!r}")
 
 
@@ -114,16 +118,18 @@ def run_irn(ctx: StageContext) -> None:
     source = build_source(cfg.data, cfg.data.cam_split)
     label_dir = ctx.run.path / IR_LABEL_FOLDER
     ids = labelled_ids(source, label_dir)
-    dataset = IRLabelDataset(source, label_dir, ids, n.resize_long, n.crop, seed=cfg.seed)
+    dataset = IRLabelDataset(source, label_dir, ids, n.resize_long, n.crop, seed=cfg.seed, scale_range=n.scale_range)
     model = build_boundary_net(ctx).to(ctx.device)
     optimizer = torch.optim.SGD(
         [{"params": list(model.head_parameters()), "lr": n.lr, "initial_lr": n.lr}],
-        lr=n.lr, momentum=MOMENTUM, weight_decay=n.weight_decay,
+        lr=n.lr, momentum=n.momentum, weight_decay=n.weight_decay,
     )
+    window = n.pairs == "pathindex"
 
     def loss(forward: torch.nn.Module, sample: dict) -> torch.Tensor:
         aff = path_max_affinity(torch.sigmoid(forward(sample["image"])), n.radius)
-        total, _ = affinity_loss(aff, pair_masks(downsample_labels(sample["ir_label"]), n.radius), global_batch_mean)
+        masks = pair_masks(downsample_labels(sample["ir_label"], n.label_offset), n.radius, window=window)
+        total, _ = affinity_loss(aff, masks, global_batch_mean)
         return total
 
     job = TrainJob(
@@ -136,6 +142,8 @@ def run_irn(ctx: StageContext) -> None:
         save_irn_checkpoint(
             out / "ckpt.pt", model, {"backbone_from": n.backbone_from, "radius": n.radius, "data": cfg.data.name}
         )
+    loaded = weights_record(n.weights) if n.backbone_from == "imagenet" else {"classifier": str(classifier_checkpoint(ctx))}
     ctx.run.mark_done(
-        STAGE, {"epochs": n.epochs, "steps": steps, "images": len(ids), "skipped": len(source.ids) - len(ids)}
+        STAGE, {"epochs": n.epochs, "steps": steps, "images": len(ids), "skipped": len(source.ids) - len(ids),
+                "weights": loaded}
     )

@@ -11,6 +11,13 @@ resumed run trains exactly as an uninterrupted one.
 Loss: pixel cross entropy with 255 ignored (a batch with no labelled pixel contributes 0, not NaN). SGD
 with momentum and weight decay, poly lr (power 0.9) per step, head lr x `head_lr_mult`.
 
+The released DeepLab schedule (CONTA / C2AM segmentation/main.py) is a set of settings, used by the
+`voc`/`coco` presets: `seg.iterations` steps of `seg.batch_size` images in `seg.iter_size` forward chunks,
+the poly lr recomputed every `seg.lr_step` steps, rescale factors drawn from `seg.scales`, BatchNorm frozen
+(`seg.freeze_bn`), the 1x/10x/20x parameter groups (`seg.param_groups`), the loss at the logit grid with
+nearest-downsampled labels (`seg.loss_at`) summed over the MSC outputs (`seg.msc_scales`), whose max also
+gives the predictions (fastwsss.models.msc).
+
 Outputs: RUNDIR/seg/last.pt (after every epoch), ckpt.pt (final), pred/<id>.png (palette PNG of every
 cam-split image, used by CONTA), metrics rows `seg_train` per epoch and `seg` for the val split and for
 the cam split (each scored against its ground truth when it has one). `ctx.step("seg", step)` runs after
@@ -35,15 +42,16 @@ from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import SegmentationDataset
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
-from fastwsss.data.transforms import CropBox, draw_long_side, long_side_size, random_crop_box
 from fastwsss.distributed import BatchMean, global_batch_mean, is_main, local_mean, shard, sum_array
 from fastwsss.errors import ConfigError, DataError, FastwsssError
 from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.models import eval_mode
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
+from fastwsss.models.msc import deeplab_param_groups, msc_outputs, msc_prediction_logits, nearest_labels
 from fastwsss.progress import track, warn
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
+from fastwsss.weights import weights_record
 
 STAGE = FOLDER = "seg"
 PSEUDO_FOLDER = "pseudo"
@@ -75,7 +83,8 @@ class PseudoMaskSource(SegmentationSource):
 
 
 class ScaledSegmentationDataset(SegmentationDataset):
-    """A SegmentationDataset whose random long side is a multiple (in `scale_range`) of each image's own.
+    """A SegmentationDataset whose random long side is a multiple of each image's own: uniform in
+    `scale_range`, or a factor drawn from `scales` when that is not empty (DeepLab's set).
 
     The parent's fixed `resize_long` range is not used when augmenting; evaluation mode (augment=False)
     behaves as the parent's.
@@ -88,25 +97,10 @@ class ScaledSegmentationDataset(SegmentationDataset):
         crop: int,
         seed: int = 0,
         augment: bool = True,
+        scales: tuple[float, ...] = (),
     ) -> None:
-        lo, hi = scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range}")
-        super().__init__(source, (crop, crop), crop, seed=seed, augment=augment)
-        self.scale_range = (float(lo), float(hi))
-
-    def long_side_range(self, height: int, width: int) -> tuple[int, int]:
-        longest = max(height, width)
-        lo = max(1, round(self.scale_range[0] * longest))
-        return lo, max(lo, round(self.scale_range[1] * longest))
-
-    def _geometry(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, bool, CropBox]:
-        if not self.augment:
-            return super()._geometry(height, width, rng)
-        long_side = draw_long_side(*self.long_side_range(height, width), rng)
-        flip = bool(rng.random() < 0.5)
-        h, w = long_side_size(height, width, long_side)
-        return long_side, flip, random_crop_box(h, w, self.crop, rng)
+        super().__init__(source, (crop, crop), crop, seed=seed, augment=augment, scale_range=scale_range,
+                         scale_set=scales)
 
 
 def pseudo_source(base: SegmentationSource, pseudo_dir: Path) -> PseudoMaskSource:
@@ -124,20 +118,28 @@ def pseudo_source(base: SegmentationSource, pseudo_dir: Path) -> PseudoMaskSourc
     return source
 
 
-def predict_mask(model: nn.Module, image: np.ndarray, device: torch.device | str | None = None) -> np.ndarray:
-    """Class-id mask (H, W) uint8 of one (H, W, 3) uint8 RGB image: full image, single scale, argmax.
+def predict_mask(
+    model: nn.Module, image: np.ndarray, device: torch.device | str | None = None, msc_scales: tuple[float, ...] = ()
+) -> np.ndarray:
+    """Class-id mask (H, W) uint8 of one (H, W, 3) uint8 RGB image: full image, argmax.
 
-    `model` must already be on `device` (default: the device of its parameters); it runs in eval mode
-    and its previous mode is restored.
+    Single scale, or with `msc_scales` the max of the MSC logits (fastwsss.models.msc). `model` must already
+    be on `device` (default: the device of its parameters); it runs in eval mode and its previous mode is
+    restored.
     """
     if device is None:
         device = next(model.parameters()).device
     with eval_mode(model), torch.inference_mode():
-        mask = model(normalize_image(image, device))[0].argmax(dim=0).to(torch.uint8)
+        x = normalize_image(image, device)
+        logits = msc_prediction_logits(model, x, msc_scales) if msc_scales else model(x)
+        mask = logits[0].argmax(dim=0).to(torch.uint8)
     return mask.cpu().numpy()
 
 
 def _make_optimizer(model: SegModel, s: SegConfig) -> torch.optim.SGD:
+    if s.param_groups == "deeplab":
+        groups = deeplab_param_groups(model, s.lr, s.head_lr_mult, s.weight_decay)
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     backbone_group, head_group = model.param_groups()
     head_lr = s.lr * s.head_lr_mult
     groups = [
@@ -145,6 +147,20 @@ def _make_optimizer(model: SegModel, s: SegConfig) -> torch.optim.SGD:
         {**head_group, "lr": head_lr, "initial_lr": head_lr},
     ]
     return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def msc_loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, s: SegConfig,
+             batch_mean: BatchMean = local_mean) -> torch.Tensor:
+    """Sum of `seg_loss` over the MSC outputs, each against the labels at its grid (`seg.loss_at` "logits")
+    or upsampled to the crop ("input")."""
+    total = images.new_zeros(())
+    for logits in msc_outputs(model, images, s.msc_scales):
+        if s.loss_at == "logits":
+            total = total + seg_loss(logits, nearest_labels(masks, tuple(logits.shape[-2:])), batch_mean)
+        else:
+            upsampled = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            total = total + seg_loss(upsampled, masks, batch_mean)
+    return total
 
 
 def seg_loss(logits: torch.Tensor, masks: torch.Tensor, batch_mean: BatchMean = local_mean) -> torch.Tensor:
@@ -160,19 +176,27 @@ def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple
     """Train (or resume training) on `source`; returns the trained model and the number of steps."""
     cfg = ctx.config
     s = cfg.seg
-    dataset = ScaledSegmentationDataset(source, s.scale_range, s.crop, seed=cfg.seed, augment=True)
+    dataset = ScaledSegmentationDataset(source, s.scale_range, s.crop, seed=cfg.seed, augment=True, scales=s.scales)
     if s.model == "deeplabv3" and min(s.batch_size, len(dataset)) < 2:
         raise ConfigError(f"seg.batch_size: deeplabv3 trains on batches of >= 2 images, got {len(dataset)} image(s)")
+    if min(s.batch_size, len(dataset)) % s.iter_size:
+        raise ConfigError(f"seg.iter_size: {len(dataset)} training image(s) do not split into {s.iter_size} chunks")
     torch.manual_seed(cfg.seed)
     model = build_seg_model(s.model, s.backbone, source.num_classes + 1, s.weights).to(ctx.device)
+    if s.freeze_bn:
+        model.freeze_batchnorm()
+    released = s.msc_scales or s.loss_at != "input"
 
     def loss(forward: nn.Module, sample: dict) -> torch.Tensor:
+        if released:
+            return msc_loss(forward, sample["image"], sample["mask"], s, global_batch_mean)
         return seg_loss(forward(sample["image"]), sample["mask"], global_batch_mean)
 
     job = TrainJob(
         stage=STAGE, metric_stage="seg_train", split=source.split, model=model, optimizer=_make_optimizer(model, s),
         dataset=dataset, epochs=s.epochs, batch_size=s.batch_size, last_path=out / "last.pt", compute_loss=loss,
-        hint="lower seg.lr or check the pseudo masks",
+        hint="lower seg.lr or check the pseudo masks", max_steps=s.iterations or None, accumulate=s.iter_size,
+        lr_step=s.lr_step,
     )
     return model, run_epochs(ctx, job)
 
@@ -207,7 +231,7 @@ def evaluate_split(ctx: StageContext, model: SegModel, source: SegmentationSourc
         except DataError as exc:
             warn(str(exc))
             continue
-        pred = predict_mask(model, image, ctx.device)
+        pred = predict_mask(model, image, ctx.device, ctx.config.seg.msc_scales)
         gt = _ground_truth(source, image_id, pred.shape)
         if gt is not None:
             meter.update(pred, gt)
@@ -239,7 +263,7 @@ def predict_split(
             if ctx.resume and path.is_file():
                 pred = read_label_png(path, source.num_classes)
             else:
-                pred = predict_mask(model, source.load_image(image_id), ctx.device)
+                pred = predict_mask(model, source.load_image(image_id), ctx.device, ctx.config.seg.msc_scales)
                 save_mask_png(pred, path)
                 count += 1
                 ctx.step("seg_pred", count)
@@ -275,6 +299,7 @@ def run_seg(ctx: StageContext) -> None:
         {
             "epochs": cfg.seg.epochs,
             "steps": steps,
+            "weights": weights_record(cfg.seg.weights),
             "train_images": len(source.ids),
             "predicted": predicted,
             "val_miou": None if val_row is None else val_row["miou"],
