@@ -84,15 +84,10 @@ def released_edge(model: BoundaryNet, image: torch.Tensor, crop: int) -> torch.T
     height, width = image.shape[-2:]
     batch = torch.cat([image, image.flip(-1)])
     batch = F.pad(batch, [0, crop - width, 0, crop - height])
-    stem = model.backbone.stage1
-    x1 = stem.maxpool(stem.relu(stem.bn1(stem.conv1(batch))))
-    x2 = stem.layer1(x1)
-    x3 = model.backbone.stage2(x2)
-    x4 = model.backbone.stage3(x3)
-    x5 = model.backbone.stage4(x4)
+    features = model._taps(batch)  # IRNet's x1..x5: stem, layer1..layer4 of the frozen backbone
     factors = (1, 1, 2, 4, 4)
     edges = []
-    for block, feature, factor in zip(model.head.taps, (x1, x2, x3, x4, x5), factors, strict=True):
+    for block, feature, factor in zip(model.head.taps, features, factors, strict=True):
         conv, norm, relu = block
         layers = [conv, norm] + ([nn.Upsample(scale_factor=factor, mode="bilinear", align_corners=False)] if factor > 1 else [])
         edges.append(relu(nn.Sequential(*layers)(feature)))
