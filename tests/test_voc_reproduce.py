@@ -126,9 +126,6 @@ def test_voc_preset_runs_every_stage_on_the_given_weights(method: str, voc_copy,
         seg = torch.load(run / "seg" / "ckpt.pt", weights_only=False)["state_dict"]
         assert torch.equal(seg["backbone.stage3.22.bn3.running_var"], file101["layer3.22.bn3.running_var"])
         assert _done(run / "seg")["train_images"] == 4 and _done(run / "seg")["steps"] == 2
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
-        splits = {(row["stage"], row["split"]) for row in rows}
-        assert ("cls", "train_aug") in splits or method == "conta"
         assert len(list((run / "cams").glob("*.npz"))) == 4
     if method == "c2am":
         assert _done(out / "c2am")["output_stride"] == 32
