@@ -37,6 +37,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from fastwsss.errors import CheckpointError, ConfigError, one_line
 from fastwsss.models.backbone import Backbone, _torchvision_key, build_backbone, load_imagenet_weights
 from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
+from fastwsss.models.msc import msc_pyramid
 
 CHECKPOINT_FORMAT = "fastwsss.seg_model/1"
 OUTPUT_STRIDE = 8
@@ -101,9 +102,21 @@ class SegModel(nn.Module):
         """The stride-8 feature map the head reads."""
         return self.backbone(images)
 
-    def forward(self, images: torch.Tensor, upsample: bool = True) -> torch.Tensor:
-        """Logits (B, K+1, H, W) at the input's size; with upsample=False on the head's stride-8 grid."""
-        logits = self.head(self.features(images))
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K+1, h, w) on the head's stride-8 grid."""
+        return self.head(self.features(images))
+
+    def forward(
+        self, images: torch.Tensor, upsample: bool = True, scales: tuple[float, ...] = ()
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Logits (B, K+1, H, W) at the input's size; with upsample=False on the head's stride-8 grid.
+
+        With `scales`, the list of DeepLab's MSC outputs (`fastwsss.models.msc.msc_pyramid`) in one call, so
+        that a DistributedDataParallel wrapper sees one forward per backward.
+        """
+        if scales:
+            return msc_pyramid(self.logits, images, scales)
+        logits = self.logits(images)
         return _upsample(logits, images) if upsample else logits
 
     def param_groups(self) -> list[dict[str, Any]]:

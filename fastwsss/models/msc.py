@@ -1,8 +1,8 @@
 """DeepLab's training definitions as released with CONTA and C2AM (kazuto1011/deeplab-pytorch layout).
 
-- `msc_outputs`: multi-scale inputs (MSC). The logits of the image and of the image resized by each extra
-  scale (bilinear, align_corners=False), the latter resized to the first's grid, and their pixel-wise
-  max. Training uses every output, prediction the max.
+- `msc_pyramid`: multi-scale inputs (MSC). The logits of the image and of the image resized by each extra
+  scale (bilinear, align_corners=False), and the pixel-wise max of all of them resized to the first's
+  grid. Training uses every output, prediction the max.
 - `nearest_labels`: labels brought to a logit grid the way PIL's nearest resize does it (the sample of
   output cell i is input index floor((i + 0.5) * in / out)).
 - `deeplab_param_groups`: backbone convolutions at lr (weight decay), head weights at lr x head_lr_mult
@@ -14,6 +14,7 @@ docs/reproduce.md lists where each of these comes from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,20 +22,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def msc_outputs(model: nn.Module, images: torch.Tensor, scales: tuple[float, ...]) -> list[torch.Tensor]:
+def msc_pyramid(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, scales: tuple[float, ...]
+) -> list[torch.Tensor]:
     """[logits, logits at each scale (their own grids), max over all at the logits' grid].
 
-    `model(images, upsample=False)` gives logits at the model's output grid (a SegModel, or its
-    DistributedDataParallel wrapper). With no scales the list is just [logits].
+    `logits_of(images)` gives logits on the model's output grid, not upsampled.
     """
-    logits = model(images, upsample=False)
-    if not scales:
-        return [logits]
-    pyramid = [model(F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False), upsample=False)
-               for s in scales]
+    logits = logits_of(images)
+    pyramid = [logits_of(F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)) for s in scales]
     size = logits.shape[-2:]
     resized = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid]
     return [logits, *pyramid, torch.stack([logits, *resized]).max(dim=0).values]
+
+
+def msc_outputs(model: nn.Module, images: torch.Tensor, scales: tuple[float, ...]) -> list[torch.Tensor]:
+    """The MSC outputs of a SegModel (or its DistributedDataParallel wrapper); [logits] without scales."""
+    if not scales:
+        return [model(images, upsample=False)]
+    return model(images, scales=scales)
 
 
 def msc_prediction_logits(model: nn.Module, images: torch.Tensor, scales: tuple[float, ...]) -> torch.Tensor:
