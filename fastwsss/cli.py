@@ -183,7 +183,8 @@ def print_dry_run(config: RunConfig, stages: str | None) -> None:
 
     console.print(f"dry run: method {config.method}, preset {config.preset}, data {config.data.name}; nothing is "
                   "trained or written", soft_wrap=True, highlight=False)
-    for line in format_rows(dry_run_rows(config, stages)):
+    rows, problems = dry_run_rows(config, stages)
+    for line in format_rows(rows) + problems:
         console.print(escape(line), soft_wrap=True, highlight=False)
     check_pretrained(config, [stage.name for stage in stages_for(config.method, stages)])
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastwsss.config import RunConfig
-from fastwsss.errors import FastwsssError
+from fastwsss.errors import FastwsssError, one_line
 from fastwsss.stages import plan
 
 
@@ -26,17 +26,18 @@ class PlannedRow:
     weights: str
 
 
-def split_size(config: RunConfig, split: str) -> int | None:
-    """Images in `split` (None when its list cannot be read), without generating or loading any image."""
+def split_size(config: RunConfig, split: str) -> int | str:
+    """Images in `split`, or the one-line reason its list cannot be read; no image is generated or loaded."""
     if config.data.name == "synthetic" and config.data.root is None:
         synth = config.data.synth
-        return {"train": synth.num_train, "val": synth.num_val, "debiased": synth.num_debiased}.get(split)
+        sizes = {"train": synth.num_train, "val": synth.num_val, "debiased": synth.num_debiased}
+        return sizes.get(split, f"the synthetic set has no split {split!r}")
     from fastwsss.data import build_source
 
     try:
         return len(build_source(config.data, split).ids)
-    except FastwsssError:
-        return None
+    except FastwsssError as exc:
+        return one_line(str(exc))
 
 
 def _file(path: str | None, setting: str) -> str:
@@ -81,15 +82,18 @@ def _row(config: RunConfig, name: str, images: dict[str, int | None]) -> Planned
     return PlannedRow(name, split, images[split], None, "-", "-", loads)
 
 
-def dry_run_rows(config: RunConfig, stages: str | None = None) -> list[tuple[str, PlannedRow]]:
-    """(label, row) for every stage of the run in order; the label names CONTA's round."""
-    splits = {config.data.train_split, config.data.cam_split, config.data.val_split}
-    images = {split: split_size(config, split) for split in splits}
+def dry_run_rows(config: RunConfig, stages: str | None = None) -> tuple[list[tuple[str, PlannedRow]], list[str]]:
+    """(label, row) for every stage of the run in order (the label names CONTA's round), and one line per
+    split whose list cannot be read."""
+    splits = sorted({config.data.train_split, config.data.cam_split, config.data.val_split})
+    sizes = {split: split_size(config, split) for split in splits}
+    problems = [f"split {split}: {size}" for split, size in sizes.items() if isinstance(size, str)]
+    images = {split: size if isinstance(size, int) else None for split, size in sizes.items()}
     rows = []
     for planned in plan(config.method, config.conta.rounds, stages):
         label = planned.stage.name if planned.round is None else f"round {planned.round}: {planned.stage.name}"
         rows.append((label, _row(config, planned.stage.name, images)))
-    return rows
+    return rows, problems
 
 
 def format_rows(rows: list[tuple[str, PlannedRow]]) -> list[str]:

@@ -4,7 +4,8 @@ Three networks take ImageNet weights (docs/reproduce.md): the classifier (`cls.w
 IRN's frozen backbone (`irn.weights`, ResNet-50, when `irn.backbone_from` is "imagenet") and DeepLab
 (`seg.weights`, ResNet-101). On the command line `--weights` gives the first two and `--seg-weights` the
 third. A run on VOC or COCO that would start one of them from random weights stops before its first stage
-(`check_pretrained`): hours of GPU time on random features reproduce nothing. Every stage that loads a file
+(`check_pretrained`, which also stops any run whose weights file is missing): hours of GPU time on random
+features reproduce nothing. Every stage that loads a file
 records its path and sha256 (`weights_record`) in its DONE marker.
 """
 
@@ -54,7 +55,11 @@ def stage_weights(config: RunConfig) -> dict[str, tuple[str, str | None]]:
 
 
 def check_pretrained(config: RunConfig, stage_names: list[str]) -> None:
-    """ConfigError naming the setting when a VOC/COCO run would start one of `stage_names` from random weights."""
+    """ConfigError naming the setting when one of `stage_names` would load a weights file that is not there, or
+    when a VOC/COCO run would start one of them from random weights."""
+    for stage, (setting, path) in stage_weights(config).items():
+        if stage in stage_names and path is not None and not Path(path).is_file():
+            raise ConfigError(f"{setting}: {path}: weights file not found")
     if config.data.name not in REAL_DATA:
         return
     for stage, (setting, path) in stage_weights(config).items():

@@ -82,10 +82,15 @@ def test_check_pretrained_names_the_missing_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^cls\.weights: .*--weights"):
         check_pretrained(voc, ["cls", "cam"])
     check_pretrained(voc, ["cam", "ir_label"])  # stages that load no ImageNet file
-    given = dataclasses.replace(voc, cls=dataclasses.replace(voc.cls, weights="a.pth"), irn=dataclasses.replace(voc.irn, weights="a.pth"))
+    file = tmp_path / "a.pth"
+    file.write_bytes(b"")
+    given = dataclasses.replace(voc, cls=dataclasses.replace(voc.cls, weights=str(file)),
+                                irn=dataclasses.replace(voc.irn, weights=str(file)))
     with pytest.raises(ConfigError, match=r"^seg\.weights: .*--seg-weights"):
         check_pretrained(given, ["cls", "irn", "seg"])
     check_pretrained(get_preset("tiny"), ["cls", "irn", "seg"])
+    with pytest.raises(ConfigError, match=r"^seg\.weights: .*missing\.pth: weights file not found"):
+        check_pretrained(dataclasses.replace(given, seg=dataclasses.replace(given.seg, weights=str(tmp_path / "missing.pth"))), ["seg"])
     path = tmp_path / "w.pth"
     path.write_bytes(b"abc")
     assert weights_record(path) == {"path": str(path.resolve()),
@@ -96,7 +101,7 @@ def test_check_pretrained_names_the_missing_setting(tmp_path: Path) -> None:
 def test_weights_option_reaches_the_classifier_and_the_irn(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--data", "voc", "--root", str(tmp_path), "--weights", "r50.pth",
                                  "--seg-weights", "r101.pth", "--dry-run"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2 and "cls.weights: r50.pth: weights file not found" in result.output
     lines = {line.split(":")[0]: line for line in result.output.splitlines()}
     assert "split train_aug (? images)" in lines["cls"] and lines["cls"].endswith("loads r50.pth (MISSING)")
     assert lines["irn"].endswith("loads r50.pth (MISSING)") and lines["seg"].endswith("loads r101.pth (MISSING)")
