@@ -38,6 +38,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     cam_split: str = "train"
+    eval_split: str = ""
+    """Split on which the eval stage scores seeds, IR labels, pseudo masks and predictions (its ids must be in
+    `cam_split`); empty = `cam_split`. IRNet scores on VOC `train` while its CAMs cover `train_aug`."""
     test_splits: tuple[str, ...] = ()
     """Further splits on which the seg stage scores its model (the synthetic presets add `debiased`)."""
     cls_labels: str | None = None
@@ -332,7 +335,8 @@ def preset_voc() -> RunConfig:
     """
     return RunConfig(
         preset="voc",
-        data=DataConfig(name="voc", train_split="train_aug", val_split="val", cam_split="train_aug", num_workers=4),
+        data=DataConfig(name="voc", train_split="train_aug", val_split="val", cam_split="train_aug", eval_split="train",
+                        num_workers=4),
         cls=ClsConfig(momentum=1e-4, train_bn_affine=True),
         ir_label=IRLabelConfig(crf=True),
         irn=_released_irn(),

@@ -76,7 +76,7 @@ def _row(config: RunConfig, name: str, images: dict[str, int | None]) -> Planned
         batch = f"{g.batch_size}" + (f" ({g.iter_size} x {g.batch_size // g.iter_size})" if g.iter_size > 1 else "")
         return PlannedRow(name, f"{d.cam_split} (pseudo masks)", cam, steps, batch,
                           _poly(g.lr, g.head_lr_mult, g.momentum, g.weight_decay, g.lr_step), _file(g.weights, "seg.weights"))
-    split = d.train_split if name == "global_cam" else d.cam_split
+    split = {"global_cam": d.train_split, "eval": d.eval_split or d.cam_split}.get(name, d.cam_split)
     loads = {"cam": "RUNDIR classifier", "global_cam": "RUNDIR/cls/ckpt.pt", "pseudo": "RUNDIR/irn/ckpt.pt",
              "confounder": "previous round's seg"}.get(name, "-")
     return PlannedRow(name, split, images[split], None, "-", "-", loads)
@@ -85,7 +85,8 @@ def _row(config: RunConfig, name: str, images: dict[str, int | None]) -> Planned
 def dry_run_rows(config: RunConfig, stages: str | None = None) -> tuple[list[tuple[str, PlannedRow]], list[str]]:
     """(label, row) for every stage of the run in order (the label names CONTA's round), and one line per
     split whose list cannot be read."""
-    splits = sorted({config.data.train_split, config.data.cam_split, config.data.val_split})
+    d = config.data
+    splits = sorted({d.train_split, d.cam_split, d.val_split, d.eval_split or d.cam_split})
     sizes = {split: split_size(config, split) for split in splits}
     problems = [f"split {split}: {size}" for split, size in sizes.items() if isinstance(size, str)]
     images = {split: size if isinstance(size, int) else None for split, size in sizes.items()}

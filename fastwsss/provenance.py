@@ -16,6 +16,7 @@ DEEPLAB = f"{CONTA} segmentation"
 IRNET_SOURCES: dict[str, str] = {
     "data.train_split": f"{IRN} run_sample.py:16 (--train_list voc12/train_aug.txt)",
     "data.val_split": f"{IRN} run_sample.py:17",
+    "data.eval_split": f"{IRN} run_sample.py:21 (chainer_eval_set train), step/eval_cam.py:8, step/eval_sem_seg.py:9",
     "data.cam_split": f"{IRN} step/make_cam.py:69, step/cam_to_ir_label.py:50, step/train_irn.py:17 (train_list); "
                       "run_sample.py:18-20 (pseudo masks of train_aug to train DeepLab)",
     "cls.backbone": f"{IRN} net/resnet50_cam.py:12",

@@ -39,7 +39,7 @@ def test_every_released_voc_value_names_its_source(method: str) -> None:
 
 def test_voc_preset_takes_the_released_values() -> None:
     voc = get_preset("voc")
-    assert voc.data.train_split == voc.data.cam_split == "train_aug"
+    assert voc.data.train_split == voc.data.cam_split == "train_aug" and voc.data.eval_split == "train"
     assert voc.cls.momentum == voc.irn.momentum == 1e-4 and voc.cls.train_bn_affine
     assert (voc.irn.infer_pad, voc.irn.relu_after_upsample, voc.irn.pairs, voc.irn.label_offset) == (512, True, "pathindex", 2)
     assert voc.irn.scale_range == (0.5, 1.5) and voc.irn.backbone_from == "imagenet"

@@ -131,7 +131,8 @@ def test_voc_preset_runs_every_stage_on_the_given_weights(method: str, voc_copy,
         assert _done(out / "c2am")["output_stride"] == 32
         assert torch.load(out / "c2am" / "ckpt.pt", weights_only=False)["kwargs"]["output_stride"] == 16
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {("cls", "train_aug"), ("seg", "val")} <= {(row["stage"], row["split"]) for row in metrics}
+    assert {("cls", "train_aug"), ("seg", "val"), ("cam", "train"), ("pseudo", "train")} <= {
+        (row["stage"], row["split"]) for row in metrics}
 
 
 def test_a_voc_run_without_imagenet_weights_stops_before_the_first_stage(voc_copy, imagenet_files, tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def evaluate_mask_folder(ctx: StageContext, folder: Path, source: SegmentationSo
 def run_eval(ctx: StageContext) -> list[dict[str, Any]]:
     cfg = ctx.config
     rows = []
-    source = build_source(cfg.data, cfg.data.cam_split)
+    source = build_source(cfg.data, cfg.data.eval_split or cfg.data.cam_split)
     scored = [evaluate_cam_seeds(ctx, source)]
     for stage, folder in (("ir_label", "ir_labels"), ("pseudo", "pseudo"), ("seg", "seg/pred")):
         scored.append(evaluate_mask_folder(ctx, ctx.run.path / folder, source, stage))
