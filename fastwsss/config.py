@@ -164,6 +164,9 @@ class SegConfig:
     loss_at: str = "input"
     """Cross entropy on logits upsampled to the crop ("input") or at the logit grid with the labels
     downsampled by nearest ("logits", DeepLab)."""
+    crf: bool = False
+    """Refine the val and cam-split predictions with DeepLab's test-time dense CRF (needs fastwsss[crf]); the
+    released code offers it as a separate, optional step."""
     msc_scales: tuple[float, ...] = ()
     """DeepLab's MSC: extra input scales (0.5, 0.75); training sums the loss of every scale and of their max,
     prediction takes the max. Empty = single scale."""

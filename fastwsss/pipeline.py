@@ -34,6 +34,8 @@ def preflight(config: RunConfig, stage_names: list[str], processes: int = 1) -> 
     check_pretrained(config, stage_names)
     if "ir_label" in stage_names and config.ir_label.crf and not crf_available():
         raise ConfigError("ir_label.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or set crf off")
+    if "seg" in stage_names and config.seg.crf and not crf_available():
+        raise ConfigError("seg.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or set crf off")
     for stage in TRAINING_STAGES:
         batch = getattr(config, stage).batch_size
         if stage in stage_names and batch % processes:

@@ -74,6 +74,7 @@ IRNET_SOURCES: dict[str, str] = {
     "seg.scales": f"{DEEPLAB}/configs/voc12.yaml:11, libs/datasets/base.py:61",
     "seg.freeze_bn": f"{DEEPLAB}/main.py:189",
     "seg.loss_at": f"{DEEPLAB}/main.py:65-72,213-217 (labels resized to each logit)",
+    "seg.crf": f"{DEEPLAB}/main.py:375 (a separate, optional crf command), configs/voc12.yaml:52-58 (its kernels)",
     "seg.msc_scales": f"{DEEPLAB}/libs/models/msc.py:18 (0.5, 0.75; loss on every output and their max)",
 }
 

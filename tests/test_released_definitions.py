@@ -184,3 +184,17 @@ def test_scale_set_and_scale_range_draw_relative_long_sides(tmp_path) -> None:
     assert {chosen._draw_long_side(64, 40, rng) for _ in range(50)} == {32, 96}
     assert {ranged._draw_long_side(64, 40, rng) for _ in range(200)} <= set(range(32, 97))
     assert ranged.long_side_range(64, 40) == (32, 96)
+
+
+def test_deeplab_test_time_crf_follows_confident_probabilities() -> None:
+    from fastwsss.crf import crf_available, crf_refine_probs
+
+    if not crf_available():
+        pytest.skip("pydensecrf2 is not installed (pip install 'fastwsss[crf]')")
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[:, 15:] = 255
+    probs = np.full((2, 20, 30), 0.1, np.float32)
+    probs[0, :, :15] = probs[1, :, 15:] = 0.9
+    probs[:, 5, 20] = (0.55, 0.45)  # one weakly wrong pixel inside the bright half
+    labels = crf_refine_probs(image, probs)
+    assert labels.shape == (20, 30) and labels[:, :15].max() == 0 and labels[:, 15:].min() == 1

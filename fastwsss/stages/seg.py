@@ -38,6 +38,7 @@ from torch import nn
 
 from fastwsss.cam_inference import normalize_image
 from fastwsss.config import SegConfig
+from fastwsss.crf import crf_refine_probs
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import SegmentationDataset
@@ -119,19 +120,26 @@ def pseudo_source(base: SegmentationSource, pseudo_dir: Path) -> PseudoMaskSourc
 
 
 def predict_mask(
-    model: nn.Module, image: np.ndarray, device: torch.device | str | None = None, msc_scales: tuple[float, ...] = ()
+    model: nn.Module,
+    image: np.ndarray,
+    device: torch.device | str | None = None,
+    msc_scales: tuple[float, ...] = (),
+    crf: bool = False,
 ) -> np.ndarray:
     """Class-id mask (H, W) uint8 of one (H, W, 3) uint8 RGB image: full image, argmax.
 
-    Single scale, or with `msc_scales` the max of the MSC logits (fastwsss.models.msc). `model` must already
-    be on `device` (default: the device of its parameters); it runs in eval mode and its previous mode is
-    restored.
+    Single scale, or with `msc_scales` the max of the MSC logits (fastwsss.models.msc); with `crf` the
+    softmax is refined by DeepLab's dense CRF first. `model` must already be on `device` (default: the
+    device of its parameters); it runs in eval mode and its previous mode is restored.
     """
     if device is None:
         device = next(model.parameters()).device
     with eval_mode(model), torch.inference_mode():
         x = normalize_image(image, device)
         logits = msc_prediction_logits(model, x, msc_scales) if msc_scales else model(x)
+        if crf:
+            probs = torch.softmax(logits[0], dim=0).cpu().numpy()
+            return crf_refine_probs(image, probs).astype(np.uint8)
         mask = logits[0].argmax(dim=0).to(torch.uint8)
     return mask.cpu().numpy()
 
@@ -231,7 +239,7 @@ def evaluate_split(ctx: StageContext, model: SegModel, source: SegmentationSourc
         except DataError as exc:
             warn(str(exc))
             continue
-        pred = predict_mask(model, image, ctx.device, ctx.config.seg.msc_scales)
+        pred = predict_mask(model, image, ctx.device, ctx.config.seg.msc_scales, ctx.config.seg.crf)
         gt = _ground_truth(source, image_id, pred.shape)
         if gt is not None:
             meter.update(pred, gt)
@@ -263,7 +271,8 @@ def predict_split(
             if ctx.resume and path.is_file():
                 pred = read_label_png(path, source.num_classes)
             else:
-                pred = predict_mask(model, source.load_image(image_id), ctx.device, ctx.config.seg.msc_scales)
+                pred = predict_mask(model, source.load_image(image_id), ctx.device, ctx.config.seg.msc_scales,
+                                    ctx.config.seg.crf)
                 save_mask_png(pred, path)
                 count += 1
                 ctx.step("seg_pred", count)
