@@ -29,7 +29,7 @@ LONG_SIDE = 64
 FAST = [
     "cls.epochs=1", "cls.batch_size=4", "cls.resize_long=48,64", "cls.crop=48", "cam.scales=1.0",
     "irn.epochs=1", "irn.batch_size=4", "irn.crop=48", "irn.infer_pad=64",
-    "seg.iterations=2", "seg.batch_size=4", "seg.crop=48", "data.num_workers=0",
+    "seg.iterations=2", "seg.batch_size=2", "seg.crop=48", "data.num_workers=0",
     "c2am.epochs=1", "c2am.batch_size=4", "c2am.global_size=16", "conta.rounds=1", "conta.mask_size=16",
     f"ir_label.crf={str(crf_available()).lower()}", f"seg.crf={str(crf_available()).lower()}",
 ]
