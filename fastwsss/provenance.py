@@ -119,7 +119,8 @@ def sources(preset: str, method: str) -> dict[str, str]:
         table.update({k: v for k, v in C2AM_SOURCES.items() if preset == "voc" or k.startswith("c2am.")})
     if method == "conta":
         table.update(CONTA_SOURCES)
-    if preset == "coco":
+    if preset == "coco":  # VOC's split lists do not apply
+        table = {key: value for key, value in table.items() if not key.startswith("data.")}
         table.update(COCO_SOURCES)
     return table
 
