@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastwsss.errors import ConfigError
+from fastwsss.thresholds import THRESHOLD_RULES
 
 
 @dataclass
@@ -71,11 +72,16 @@ class CamConfig:
 
 @dataclass
 class IRLabelConfig:
-    """Confident seeds from CAMs (ALGORITHMS.md section 3)."""
+    """Confident seeds from CAMs (ALGORITHMS.md section 3).
+
+    `fg_rule`: "fixed" thresholds every class map at `fg_threshold` (IRNet); "otsu" at its own Otsu level,
+    never below `fg_threshold` (fastwsss.thresholds; no masks involved).
+    """
 
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
     crf: bool = False
+    fg_rule: str = "fixed"
 
 
 @dataclass
@@ -107,6 +113,9 @@ class PseudoConfig:
     beta: float = 10.0
     exp_times: int = 8
     bg_threshold: float = 0.25
+    bg_rule: str = "fixed"
+    """"fixed": one background level `bg_threshold` against the walked maps divided by their global
+    maximum (IRNet); "otsu": each walked map's own Otsu level, never below `bg_threshold`."""
 
 
 @dataclass
@@ -347,6 +356,7 @@ def validate(config: RunConfig) -> RunConfig:
     i = config.ir_label
     need(0 < i.bg_threshold < i.fg_threshold < 1, "ir_label.fg_threshold",
          f"need 0 < bg_threshold < fg_threshold < 1, got {i.bg_threshold} and {i.fg_threshold}")
+    need(i.fg_rule in THRESHOLD_RULES, "ir_label.fg_rule", f"one of {', '.join(THRESHOLD_RULES)}, got {i.fg_rule!r}")
     r = config.irn
     need(r.backbone_from in ("imagenet", "cls"), "irn.backbone_from", f"imagenet or cls, got {r.backbone_from!r}")
     need(r.radius >= 2, "irn.radius", f"must be >= 2, got {r.radius}")
@@ -357,6 +367,7 @@ def validate(config: RunConfig) -> RunConfig:
     need(p.beta > 0, "pseudo.beta", f"must be > 0, got {p.beta}")
     need(0 <= p.exp_times <= 16, "pseudo.exp_times", f"must be in 0..16, got {p.exp_times}")
     need(0 < p.bg_threshold < 1, "pseudo.bg_threshold", f"must be in (0, 1), got {p.bg_threshold}")
+    need(p.bg_rule in THRESHOLD_RULES, "pseudo.bg_rule", f"one of {', '.join(THRESHOLD_RULES)}, got {p.bg_rule!r}")
     g = config.seg
     need(g.model in ("deeplabv2", "deeplabv3"), "seg.model", f"deeplabv2 or deeplabv3, got {g.model!r}")
     need(g.epochs >= 1, "seg.epochs", f"must be >= 1, got {g.epochs}")

@@ -111,9 +111,9 @@ def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") ->
         for edge_name, boundary in (("irn", edge), ("ground-truth", gt_border.float())):
             for step_name, exp_times in steps.items():
                 walked = random_walk(cam4, boundary, beta=p.beta, exp_times=exp_times, radius=p.radius)
-                meters[f"{edge_name} edge, {step_name} walk"].update(walk_to_mask(walked, cams.keys, size, p.bg_threshold), gt)
+                meters[f"{edge_name} edge, {step_name} walk"].update(walk_to_mask(walked, cams.keys, size, p.bg_threshold, p.bg_rule), gt)
         unwalked = random_walk(cam4, edge, beta=p.beta, exp_times=0, radius=p.radius)
-        meters["no walk"].update(walk_to_mask(unwalked, cams.keys, size, p.bg_threshold), gt)
+        meters["no walk"].update(walk_to_mask(unwalked, cams.keys, size, p.bg_threshold, p.bg_rule), gt)
         used += 1
     if used == 0:
         raise DataError(f"{run.path}: no image had a CAM, an IR label and a mask; run the pipeline up to irn first")

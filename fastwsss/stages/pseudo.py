@@ -25,12 +25,18 @@ from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import finish_images, images_to_do
+from fastwsss.thresholds import class_thresholds, seed_mask
 
 FOLDER = "pseudo"
 
 
-def walk_to_mask(rw: torch.Tensor, keys: np.ndarray, size: tuple[int, int], bg_threshold: float) -> np.ndarray:
-    """Post-processing of IRNet: x4 upsample, crop, divide by one global max, background plane, argmax."""
+def walk_to_mask(
+    rw: torch.Tensor, keys: np.ndarray, size: tuple[int, int], bg_threshold: float, bg_rule: str = "fixed"
+) -> np.ndarray:
+    """Post-processing of IRNet: x4 upsample, crop, divide by one global max, background plane, argmax.
+
+    `bg_rule` "otsu" replaces the constant plane by each map's own Otsu level, at least `bg_threshold`
+    (fastwsss.thresholds)."""
     height, width = size
     if rw.shape[0] == 0:
         return np.zeros(size, dtype=np.uint8)
@@ -38,6 +44,9 @@ def walk_to_mask(rw: torch.Tensor, keys: np.ndarray, size: tuple[int, int], bg_t
     up = F.interpolate(rw[None].float(), size=(4 * h4, 4 * w4), mode="bilinear", align_corners=False)[0, :, :height, :width]
     peak = up.max()
     up = up / peak if peak > 0 else torch.zeros_like(up)
+    if bg_rule != "fixed":
+        maps = up.cpu().numpy()
+        return seed_mask(maps, keys, class_thresholds(maps, bg_rule, bg_threshold))
     planes = torch.cat([torch.full_like(up[:1], bg_threshold), up], dim=0)
     index = planes.argmax(dim=0).cpu().numpy()
     lookup = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]).astype(np.uint8)
@@ -61,7 +70,7 @@ def propagate_image(model: torch.nn.Module, image: np.ndarray, cam4: np.ndarray,
     if cams.shape[-2:] != edge.shape:
         raise DataError(f"CAM grid {tuple(cams.shape[-2:])} does not match the boundary grid {tuple(edge.shape)}")
     rw = random_walk(cams, edge, beta=cfg_pseudo.beta, exp_times=cfg_pseudo.exp_times, radius=cfg_pseudo.radius)
-    return walk_to_mask(rw, keys, (height, width), cfg_pseudo.bg_threshold)
+    return walk_to_mask(rw, keys, (height, width), cfg_pseudo.bg_threshold, cfg_pseudo.bg_rule)
 
 
 def run_pseudo(ctx: StageContext) -> None:
