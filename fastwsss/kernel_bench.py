@@ -239,10 +239,11 @@ def run_case(case: Case, device: torch.device, repeats: int, use_compile: bool, 
     out = reference(*first["args"])
     moved = bytes_touched(first["args"], out, first["backward"])
     sets = _input_sets(case, device, first, moved)
+    dtype = str(next(a for a in first["args"] if torch.is_tensor(a)).dtype).removeprefix("torch.")
     rows: list[dict[str, Any]] = []
     for name, fn in _candidates(case, device, use_compile, dense).items():
         calls = [_call(fn, s["args"], s["backward"]) for s in sets]
-        row: dict[str, Any] = {"op": case.op, "case": case.label, "backend": name}
+        row: dict[str, Any] = {"op": case.op, "case": case.label, "backend": name, "dtype": dtype}
         try:
             calls[0]()  # compilation, autotuning, cached tables, before the timed warm-up of time_rotated
             timing = time_rotated(calls, device, repeats if name != "dense (IRNet)" else 1)

@@ -33,7 +33,7 @@ from fastwsss.affinity import (
     path_offsets,
 )
 from fastwsss.kernels.cuda_ext import random_walk_steps_cuda
-from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends
+from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends, triton_runs_on
 
 OP = "random_walk"
 DENSE_MAX_PIXELS = 4096
@@ -512,14 +512,14 @@ def _random_walk_cuda(
     launch: str = "auto",
 ) -> torch.Tensor:
     """The "cuda" backend (csrc/random_walk.cu via fastwsss._C): the taps from Triton's kernel 1 where triton
-    is installed (else `transition_taps`), then the 2^exp_times steps in hand-written CUDA, fp32: by default
+    can run compiled (else `transition_taps`), then the 2^exp_times steps in hand-written CUDA, fp32: by default
     in one persistent cooperative launch (`launch`: see `cuda_ext.WALK_LAUNCHES`)."""
     _check(cams, edge, beta, exp_times, radius)
     squeeze = cams.dim() == 3
     x = cams.unsqueeze(0) if squeeze else cams
     batch, _, height, width = x.shape
     edge4 = edge.detach().reshape(batch, 1, height, width).float()
-    taps = _transition_taps_triton if triton is not None else transition_taps
+    taps = _transition_taps_triton if triton is not None and triton_runs_on(edge4) else transition_taps
     offsets, weights = taps(edge4, beta, radius)
     x = x.detach().float() * (1.0 - edge4)
     out = random_walk_steps_cuda(x, offsets, weights, 2**exp_times, launch).to(cams.dtype)
@@ -546,7 +546,7 @@ def random_walk(
     _check(cams, edge, beta, exp_times, radius)
     backend = kernel_backend(cams, OP)
     if backend == "cuda" and torch.float64 in (cams.dtype, edge.dtype):
-        if forced_backend() == "cuda":
+        if forced_backend(OP) == "cuda":
             raise TypeError("FASTWSSS_KERNELS=cuda: the CUDA random walk computes in float32; got float64 inputs")
         backend = "triton" if "triton" in _IMPLEMENTATIONS else "reference"
     return _IMPLEMENTATIONS[backend](cams, edge, beta, exp_times, radius)
