@@ -25,6 +25,8 @@ steps; ROWS, BLOCK and num_warps are fixed by a small heuristic on n, no autotun
   the partial maxima (P, C), a second one reduces the C partials of its planes and scales its chunk.
 `cam_norm_seeds` always runs the partial-maxima launch, then one program per (image, pixel block) loops
 over the K planes, keeping the running best value and its plane index.
+NaN and inf follow the reference: a plane holding a NaN normalises to NaN (the maxima propagate NaN, which
+`tl.max` and `tl.maximum` drop by default), and the seed argmax takes the first NaN plane like torch.argmax.
 The output of `cam_norm` is contiguous (the reference keeps the input's memory format; values are equal).
 Empty inputs (a zero-size dimension) give empty outputs (all-background labels when K = 0) without a launch.
 Under TRITON_INTERPRET=1 the fp32 -> bf16 store truncates instead of rounding to nearest (an interpreter
@@ -103,6 +105,13 @@ _PROGRAMS_PER_SM = 4
 if triton is not None:
 
     @triton.jit
+    def _nan_max(values, axis: tl.constexpr):
+        """tl.max over `axis` that returns NaN where a NaN is among the values, like torch.amax (tl.max drops
+        NaN: the reference turns a plane holding a NaN into NaN, and so must the kernels)."""
+        has_nan = tl.max((values != values).to(tl.int32), axis=axis) > 0
+        return tl.where(has_nan, float("nan"), tl.max(values, axis=axis))
+
+    @triton.jit
     def _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS: tl.constexpr):
         """Element offsets of pixels `cols` (flat h * W + w) of planes `rows` (flat b * K + k): [ROWS, BLOCK]."""
         row_base = (rows // K).to(tl.int64) * stride_b + (rows % K).to(tl.int64) * stride_k
@@ -137,8 +146,8 @@ if triton is not None:
             mask = row_mask[:, None] & (cols < n_pixels)[None, :]
             offs = _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS)
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            acc = tl.maximum(acc, x)
-        return tl.max(acc, axis=1)
+            acc = tl.maximum(acc, x, propagate_nan=tl.PropagateNan.ALL)
+        return _nan_max(acc, 1)
 
     @triton.jit
     def _relu_scale(
@@ -168,7 +177,7 @@ if triton is not None:
             mask = row_mask[:, None] & (cols < n_pixels)[None, :]
             offs = _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS)
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            y = tl.math.div_rn(tl.maximum(x, 0.0), denom_tile)
+            y = tl.math.div_rn(tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL), denom_tile)
             out_offs = out_base[:, None] + cols[None, :]
             tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -259,7 +268,7 @@ if triton is not None:
             mask=row_mask[:, None] & (c < n_chunks)[None, :],
             other=0.0,
         )
-        peak = tl.max(partial, axis=1)
+        peak = _nan_max(partial, 1)
         start = tl.program_id(1) * chunk
         _relu_scale(
             x_ptr, out_ptr, peak + eps, rows, row_mask, start, start + chunk, n_pixels, K, W,
@@ -301,10 +310,12 @@ if triton is not None:
         partial_offs = b.to(tl.int64) * K * n_chunks + c  # partial maxima of plane (b, k)
         for k in range(0, K):
             partial = tl.load(partial_ptr + partial_offs, mask=c_mask, other=0.0)
-            denom = tl.max(partial, axis=0) + eps
+            denom = _nan_max(partial, 0) + eps
             x = tl.load(x_ptr + x_offs, mask=col_mask, other=0.0).to(tl.float32)
-            value = tl.math.div_rn(tl.maximum(x, 0.0), tl.broadcast_to(denom, (BLOCK,)))
-            better = value > best  # strictly greater: ties stay with the lower plane
+            value = tl.math.div_rn(tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL), tl.broadcast_to(denom, (BLOCK,)))
+            # Strictly greater: ties stay with the lower plane. NaN wins over numbers and the first NaN stays,
+            # as in torch.argmax (the reference).
+            better = (value > best) | ((value != value) & (best == best))
             best = tl.where(better, value, best)
             label = tl.where(better, k + 1, label)
             x_offs += stride_k
