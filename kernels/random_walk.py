@@ -274,8 +274,16 @@ def _direction_tables(radius: int, padded_width: int) -> tuple[tuple[int, ...], 
     return tuple(flat_dirs), tuple(flat_paths), length
 
 
+@functools.lru_cache(maxsize=64)
+def _device_table(values: tuple[int | float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant table on `device`, made once per (values, dtype, device) and reused: a host-to-device
+    copy is a synchronisation, which the walk must not make on every call (it would break CUDA graph capture
+    and stall the launch queue). Callers never write into it."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _int_table(values: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int32, device=device)
+    return _device_table(tuple(int(v) for v in values), torch.int32, device)
 
 
 if triton is not None:
@@ -416,7 +424,7 @@ def _transition_taps_triton(edge: torch.Tensor, beta: float, radius: int) -> tup
     with _device_context(padded):
         _taps_kernel[(triton.cdiv(n, block_p), batch)](
             padded,
-            torch.tensor([beta], dtype=dtype, device=edge.device),
+            _device_table((float(beta),), dtype, edge.device),
             _int_table(flat_dirs, edge.device),
             _int_table(flat_paths, edge.device),
             weights,
