@@ -110,7 +110,8 @@ phase_pseudo() {
       --dense-images 1 --threads 1 --json "$OUT/pseudo.json"
     return
   fi
-  timeout 420 "$PY" -m bench.pseudo --device cuda --images 64 --dense-images 2 --budget-s 60 --json "$OUT/pseudo.json"
+  timeout 420 "$PY" -m bench.pseudo --device cuda --images 64 --batch 16 --backends triton,cuda,reference \
+    --dense-images 2 --budget-s 60 --json "$OUT/pseudo.json"
 }
 
 phase_serving() {
