@@ -413,3 +413,23 @@ class TestNanSemantics:
         want = cam_norm_seeds_reference(cams, 0.3)
         assert (want[0] == 2).all() and (want[1] == 1).all()
         assert torch.equal(cam_norm_module._cam_norm_seeds_triton(cams, 0.3, n_chunks=n_chunks), want)
+
+
+def test_plane_groups_fit_the_budget() -> None:
+    assert cam_norm_module._plane_groups(10, 100, 0) == [(0, 10)]  # no budget (the CPU): one group
+    assert cam_norm_module._plane_groups(10, 100, 1000) == [(0, 10)]
+    assert cam_norm_module._plane_groups(10, 100, 350) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert cam_norm_module._plane_groups(3, 100, 50) == [(0, 1), (1, 2), (2, 3)]  # at least one plane each
+
+
+@requires_triton
+@pytest.mark.parametrize("n_chunks", [2, 3])
+def test_split_scheme_in_l2_sized_plane_groups_matches_reference(n_chunks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split scheme run group by group (as on a GPU whose L2 holds a few planes) gives the same maps."""
+    groups: list[int] = []
+    real = cam_norm_module._split_scale
+    monkeypatch.setattr(cam_norm_module, "_split_scale", lambda c, *a: (groups.append(c.shape[0]), real(c, *a)))
+    cams = random_cams((2, 3, 45, 47), torch.float32)
+    out = cam_norm_module._cam_norm_triton(cams, 1e-5, n_chunks=n_chunks, group_bytes=2 * 45 * 47 * 4)
+    assert groups == [2, 2, 2]  # six planes, two per group
+    torch.testing.assert_close(out, cam_norm_reference(cams), rtol=0, atol=TRITON_TOLERANCE[torch.float32])
