@@ -25,10 +25,23 @@ void check_f32_cuda(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == torch::kFloat32, name, " must be float32, got ", t.scalar_type());
 }
 
+// Planes per launch: at most the grid's 65535; for large planes, as many as fit in a third of the L2, so that
+// the two reads of a plane (its maximum, then the scaling) meet in the cache rather than in memory.
+long planes_per_launch(long planes, long plane_bytes, int l2_bytes) {
+  long most = 65535;
+  if (l2_bytes > 0 && plane_bytes >= 64 * 1024 && planes * plane_bytes > l2_bytes / 3) {
+    most = std::max(1L, std::min(most, static_cast<long>(l2_bytes / 3) / plane_bytes));
+  }
+  return std::min(most, planes);
+}
+
 template <typename T>
-void launch_cam_norm(const torch::Tensor& cams, torch::Tensor& out, torch::Tensor& partial, long planes, long n,
-                     float eps, int sms, cudaStream_t stream) {
-  const long per_launch = 65535;  // grid.y limit of the kernels
+void launch_cam_norm(const torch::Tensor& cams, torch::Tensor& out, long planes, long n, float eps, int sms,
+                     int l2_bytes, cudaStream_t stream) {
+  const long per_launch = planes_per_launch(planes, n * static_cast<long>(sizeof(T)), l2_bytes);
+  // A group of g planes uses g * chunks(g) <= 2 sms + g partial maxima (cam_norm_chunks).
+  const long scratch = std::max(per_launch * fastwsss::cam_norm_chunks(per_launch, n, sms), 2L * sms + per_launch);
+  auto partial = torch::empty({scratch}, cams.options().dtype(torch::kFloat32));
   for (long first = 0; first < planes; first += per_launch) {
     const long count = std::min(per_launch, planes - first);
     check(fastwsss::cam_norm<T>(reinterpret_cast<const T*>(cams.data_ptr()) + first * n,
@@ -46,16 +59,18 @@ torch::Tensor cam_norm(torch::Tensor cams, double eps) {
   auto out = torch::empty_like(cams);
   const long planes = cams.size(0) * cams.size(1);
   const long n = cams.size(2) * cams.size(3);
+  if (planes == 0 || n == 0) return out;
   int sms = 0;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, cams.device().index()), "reading the SM count");
-  const long chunks = fastwsss::cam_norm_chunks(std::min(planes, 65535L), n, sms);
-  auto partial = torch::empty({std::max(1L, std::min(planes, 65535L) * chunks)}, cams.options().dtype(torch::kFloat32));
+  int l2_bytes = 0;
+  const int device = cams.device().index();
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "reading the SM count");
+  check(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device), "reading the L2 size");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const float e = static_cast<float>(eps);
   switch (cams.scalar_type()) {
-    case torch::kFloat32: launch_cam_norm<float>(cams, out, partial, planes, n, e, sms, stream); break;
-    case torch::kFloat16: launch_cam_norm<__half>(cams, out, partial, planes, n, e, sms, stream); break;
-    case torch::kBFloat16: launch_cam_norm<__nv_bfloat16>(cams, out, partial, planes, n, e, sms, stream); break;
+    case torch::kFloat32: launch_cam_norm<float>(cams, out, planes, n, e, sms, l2_bytes, stream); break;
+    case torch::kFloat16: launch_cam_norm<__half>(cams, out, planes, n, e, sms, l2_bytes, stream); break;
+    case torch::kBFloat16: launch_cam_norm<__nv_bfloat16>(cams, out, planes, n, e, sms, l2_bytes, stream); break;
     default: TORCH_CHECK(false, "cams must be float32, float16 or bfloat16, got ", cams.scalar_type());
   }
   return out;
