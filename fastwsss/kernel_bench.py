@@ -41,6 +41,8 @@ from fastwsss.benchtools import (
 EAGER_TARGET = 3.0
 COMPILE_TARGET = 1.5
 COPY_TARGET = 0.8
+DENSE_TARGET = 1000.0
+DENSE_TOLERANCE = 1e-4
 MAX_INPUT_SETS = 32
 
 
@@ -227,6 +229,10 @@ def _verdict(row: dict[str, Any], compile_ms: float | None, copy_gbps: float | N
         reasons.append(f"< {COMPILE_TARGET:g}x torch.compile")
     if row["op"] == "cam_norm" and copy_gbps and row.get("gbps", 0.0) < COPY_TARGET * copy_gbps:
         reasons.append(f"< {COPY_TARGET:.0%} of copy bandwidth")
+    if "speedup_vs_dense" in row and row["speedup_vs_dense"] < DENSE_TARGET:
+        reasons.append(f"< {DENSE_TARGET:g}x IRNet's dense walk")
+    if row.get("max_diff_vs_dense", 0.0) > DENSE_TOLERANCE:
+        reasons.append(f"differs from the dense walk by > {DENSE_TOLERANCE:g} of the maximum")
     return "met" if not reasons else "; ".join(reasons)
 
 
@@ -241,6 +247,8 @@ def run_case(case: Case, device: torch.device, repeats: int, use_compile: bool, 
     sets = _input_sets(case, device, first, moved)
     dtype = str(next(a for a in first["args"] if torch.is_tensor(a)).dtype).removeprefix("torch.")
     rows: list[dict[str, Any]] = []
+    outputs: dict[str, torch.Tensor] = {}
+    out = out.detach()
     for name, fn in _candidates(case, device, use_compile, dense).items():
         calls = [_call(fn, s["args"], s["backward"]) for s in sets]
         row: dict[str, Any] = {"op": case.op, "case": case.label, "backend": name, "dtype": dtype}
@@ -253,11 +261,35 @@ def run_case(case: Case, device: torch.device, repeats: int, use_compile: bool, 
             row.update(status="ok", **timing_fields(timing), bytes=moved, gbps=moved / timing.median_ms / 1e6)
             if first["flops"]:
                 row["gflops"] = first["flops"] / timing.median_ms / 1e6
+            with torch.no_grad():
+                got = fn(*first["args"]).detach()
+            row["max_diff_vs_eager"] = _relative_diff(got, out)
+            if case.op == "random_walk":
+                outputs[name] = got.clone()
         rows.append(row)
+        if name == "dense (IRNet)" and row["status"] == "ok":
+            _against_dense(rows, outputs)
         _compare(rows, device, copy_gbps)
         if emit is not None:
             emit(row)
     return rows
+
+
+def _relative_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|, in float64 (NaN where the shapes differ or want is all zero)."""
+    if got.shape != want.shape:
+        return float("nan")
+    scale = want.double().abs().max().item()
+    return (got.double() - want.double()).abs().max().item() / scale if scale > 0 else float("nan")
+
+
+def _against_dense(rows: list[dict[str, Any]], outputs: dict[str, torch.Tensor]) -> None:
+    """The walk's rows against IRNet's dense walk (the last candidate): speed-up and max difference / max."""
+    dense = next(r for r in rows if r["backend"] == "dense (IRNet)")
+    for row in rows:
+        if row is not dense and row["status"] == "ok" and row["backend"] in outputs:
+            row["speedup_vs_dense"] = dense["median_ms"] / row["median_ms"]
+            row["max_diff_vs_dense"] = _relative_diff(outputs[row["backend"]], outputs["dense (IRNet)"])
 
 
 def _compare(rows: list[dict[str, Any]], device: torch.device, copy_gbps: float | None) -> None:

@@ -42,6 +42,9 @@ def test_dense_rows_run_next_to_the_sparse_walk() -> None:
     rows = run_case(case, torch.device("cpu"), repeats=1, use_compile=False, dense=True)
     assert [r["backend"] for r in rows] == ["eager", "dense (IRNet)"]
     assert all(r["status"] == "ok" for r in rows), rows
+    eager = rows[0]
+    assert eager["speedup_vs_dense"] > 0 and 0 <= eager["max_diff_vs_dense"] <= 1e-5
+    assert eager["max_diff_vs_eager"] == 0.0 and rows[1]["max_diff_vs_eager"] <= 1e-5
     cams, edge, beta, exp_times, radius = case.make(torch.device("cpu"), 0)["args"]
     dense = kb._dense_walk(cams, edge, beta, exp_times, radius)
     sparse = kb.implementations("random_walk")["reference"](cams, edge, beta, exp_times, radius)
