@@ -83,3 +83,16 @@ def test_cli_rejects_unknown_op_and_writes_json(tmp_path) -> None:
     payload = json.loads(out.read_text())
     assert payload["copy"]["gbps"] > 0
     assert {r["case"] for r in payload["rows"]} == {c.label for c in kb.TINY_CASES if c.op == "cam_norm"}
+
+
+def test_verdict_names_every_missed_target() -> None:
+    row = {"op": "cam_norm", "backend": "triton", "median_ms": 1.0, "speedup_vs_eager": 4.0, "gbps": 900.0}
+    assert kb._verdict(row, compile_ms=2.0, copy_gbps=1000.0) == "met"
+    assert kb._verdict(row, compile_ms=1.2, copy_gbps=1000.0) == "< 1.5x torch.compile"
+    assert kb._verdict({**row, "gbps": 700.0}, 2.0, 1000.0) == "< 80% of copy bandwidth"
+    walk = {"op": "random_walk", "backend": "cuda", "median_ms": 1.0, "speedup_vs_eager": 50.0,
+            "speedup_vs_dense": 400.0, "max_diff_vs_dense": 2e-4}  # fmt: skip
+    assert kb._verdict(walk, None, 1000.0) == (
+        "no torch.compile row (the walk's 2^k-step loop is not compiled); < 1000x IRNet's dense walk; "
+        "differs from the dense walk by > 0.0001 of the maximum"
+    )
