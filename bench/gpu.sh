@@ -3,8 +3,8 @@
 # a lent machine's budget, and the table the results fill in):
 #
 #   bash bench/gpu.sh env setup tests        # what is missing; install + build fastwsss._C; GPU tests
-#   bash bench/gpu.sh kernels walk           # kernel benchmarks; the random walk against IRNet's dense walk
-#   bash bench/gpu.sh pseudo serving         # the pseudo stage end to end; the serving benchmark
+#   bash bench/gpu.sh setup walk kernels     # the random walk against IRNet's dense walk; kernel benchmarks
+#   bash bench/gpu.sh setup pseudo serving   # the pseudo stage end to end; the serving benchmark
 #   bash bench/gpu.sh --check                # every phase's Python entry points on the CPU at toy sizes (CI)
 #
 # Everything goes under $OUT (default /tmp/fastwsss-gpu): gpu.log (all phases), <phase>.json, tests.xml, and
