@@ -227,10 +227,12 @@ def random_walk_reference_dense(
 #   sum_t weights[t] * x[pixel + offset_t], reading each tap's weights once for its BLOCK_K classes. Chosen over
 #   a persistent program per (image, class block) because one step's grid already fills a GPU on real grids
 #   (94 x 125, 21 classes: ~280 programs) and it needs no synchronisation through global memory inside a
-#   program; the price is 2^exp_times launches (256 by default, vs the reference's 69 torch ops per step). No
-#   CUDA-graph capture: pseudo-label grids differ per image, so a captured graph would rarely be replayed. The
-#   CUDA backend (csrc/random_walk.cu) removes the launches instead: one cooperative launch loops over the steps
-#   with a grid barrier between them, which works for any grid size without a capture.
+#   program; the price is 2^exp_times launches (256 by default, vs the reference's 69 torch ops per step), paid
+#   once per batch when the pseudo stage walks several images per call (kernels/random_walk_batch.py). The
+#   launch path makes no host synchronisation (its small tables are cached on the device), so a caller may
+#   capture the walk in a CUDA graph and replay it for inputs of the same shape. The CUDA backend
+#   (csrc/random_walk.cu) removes the launches instead: one cooperative launch loops over the steps with a
+#   grid barrier between them.
 # Every load and store is masked (pixel < n, class < K, direction < D); masked-in addresses are in bounds by
 # the padding above. Trip counts (taps, directions, path length) are constexpr: one compilation per radius, and
 # the triton 3.6 interpreter cannot take a runtime loop bound under numpy 2.
@@ -494,8 +496,9 @@ def _random_walk_triton(
 
     Kernel 1 (`_transition_taps_triton`) builds the column-normalised A^beta taps from the boundary map in one
     launch; x = cams * (1 - edge) is one torch op; kernel 2 (`_apply_taps_triton`) runs the 2^exp_times steps,
-    ONE LAUNCH PER STEP with ping-pong buffers (not a persistent kernel, no CUDA graph: see the design comment
-    above `_taps_kernel`). Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (the tests).
+    ONE LAUNCH PER STEP with ping-pong buffers (see the design comment above `_taps_kernel`), no host
+    synchronisation (capturable in a CUDA graph). Runs on CUDA tensors, or on CPU tensors under
+    TRITON_INTERPRET=1 (the tests).
     """
     _check(cams, edge, beta, exp_times, radius)
     _require_triton()
