@@ -37,6 +37,8 @@ def test_check_mode_runs_every_phase_on_the_cpu(tmp_path: Path) -> None:
     assert {r["backend"] for r in walk["rows"]} == {"eager", "dense (IRNet)"}
     for name in ("env", "random_walk", "pseudo", "serving"):
         assert json.loads((out / f"{name}.json").read_text())
+    table = json.loads((out / "preference.json").read_text())  # CPU rows have one backend each: nothing to order
+    assert table["ops"] == {} and "kernels.json" in table["source"]
 
 
 def test_a_failing_phase_is_reported_and_the_next_still_runs(tmp_path: Path) -> None:
