@@ -22,6 +22,25 @@ def test_cpu_walks_one_image_per_call() -> None:
     assert pseudo_stage.walk_batch_size(torch.device("cuda")) == pseudo_stage.CUDA_WALK_BATCH > 1
 
 
+def test_boundaries_of_same_size_images_go_through_the_irn_together() -> None:
+    from fastwsss.cam_inference import normalize_image
+    from fastwsss.models.irn import BoundaryNet
+
+    torch.manual_seed(0)
+    model = BoundaryNet.from_imagenet("resnet18_quarter", None).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, size, dtype=np.uint8) for size in ((40, 56, 3), (56, 40, 3), (40, 56, 3))]
+    calls: list[int] = []
+    real = model.boundary_with_flip
+    model.boundary_with_flip = lambda x: (calls.append(x.shape[0]), real(x))[1]
+    with torch.inference_mode():
+        edges = pseudo_stage._boundaries(model, images, torch.device("cpu"))
+        singles = [real(normalize_image(image))[0, 0] for image in images]
+    assert sorted(calls) == [1, 2]  # the two 40 x 56 images together
+    for edge, single in zip(edges, singles, strict=True):
+        torch.testing.assert_close(edge, single, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_batched_stage_equals_the_per_image_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = fast_config(num_train=24)

@@ -5,8 +5,9 @@ the column-normalised transition T = A^beta / colsum for 2^exp_times steps (the 
 `fastwsss.kernels.random_walk`, never the dense n x n matrix), bilinear x4 upsampling cropped to the image,
 one global max over all classes, a constant background plane (0.25), argmax -> class ids.
 
-On a GPU the walks of `CUDA_WALK_BATCH` images run as one padded batch (`random_walk_batch`: the same result per
-image, one launch per step for the whole batch instead of per image); on the CPU each image is walked alone,
+On a GPU `CUDA_WALK_BATCH` images are handled together: images of one size through the IRN as one batch, the
+walks as one padded batch (`random_walk_batch`: the same result per image, one launch per step for the whole
+batch instead of per image); on the CPU each image is walked alone,
 exactly as before batching existed, so CPU results are unchanged bit for bit.
 """
 
@@ -83,6 +84,19 @@ def _walk_inputs(model: torch.nn.Module, image: np.ndarray, cam4: np.ndarray,
     return cams, edge
 
 
+def _boundaries(model: torch.nn.Module, images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """The IRN boundary map (with flip) of every image; images of one size go through the network together."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(image.shape[:2], []).append(i)
+    edges: list[torch.Tensor] = [torch.empty(0)] * len(images)
+    for members in by_size.values():
+        x = torch.cat([normalize_image(images[i]) for i in members]).to(device)
+        for i, edge in zip(members, model.boundary_with_flip(x)[:, 0], strict=True):
+            edges[i] = edge
+    return edges
+
+
 def _check_grid(cam4: np.ndarray, grid: tuple[int, ...]) -> None:
     if tuple(cam4.shape[-2:]) != tuple(grid):
         raise DataError(f"CAM grid {tuple(cam4.shape[-2:])} does not match the boundary grid {tuple(grid)}")
@@ -91,21 +105,27 @@ def _check_grid(cam4: np.ndarray, grid: tuple[int, ...]) -> None:
 @torch.inference_mode()
 def propagate_images(model: torch.nn.Module, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                      cfg_pseudo, device: torch.device) -> list[np.ndarray]:  # fmt: skip
-    """`propagate_image` of every (image, cam4, keys) in `items`, the walks run as one padded batch.
+    """`propagate_image` of every (image, cam4, keys) in `items`: images of one size through the IRN as one
+    batch, the walks as one padded batch (`random_walk_batch`).
 
     The boundary maps and walks are queued on the device before any mask is read back, so the host waits
     once per batch, not once per image. A grid mismatch raises DataError for the whole batch: callers that
-    must skip bad images check them one by one (`_walk_inputs`) first, as `run_pseudo` does.
+    must skip bad images check them one by one (`_check_grid`) first, as `run_pseudo` does. Batched
+    convolutions may round differently from one image at a time (last bits of the boundary maps).
     """
     if len(items) == 1:
         return [propagate_image(model, *items[0], cfg_pseudo, device)]
     walked = [i for i, (_, _, keys) in enumerate(items) if len(keys)]
-    inputs = [_walk_inputs(model, items[i][0], items[i][1], device) for i in walked]
     masks = [np.zeros(image.shape[:2], dtype=np.uint8) for image, _, _ in items]
-    if not inputs:
+    if not walked:
         return masks
-    results = random_walk_batch([c for c, _ in inputs], [e for _, e in inputs], beta=cfg_pseudo.beta,
-                                exp_times=cfg_pseudo.exp_times, radius=cfg_pseudo.radius)  # fmt: skip
+    edges = _boundaries(model, [items[i][0] for i in walked], device)
+    cams = []
+    for i, edge in zip(walked, edges, strict=True):
+        _check_grid(items[i][1], tuple(edge.shape))
+        cams.append(torch.from_numpy(items[i][1]).to(device=device, dtype=torch.float32))
+    results = random_walk_batch(cams, edges, beta=cfg_pseudo.beta, exp_times=cfg_pseudo.exp_times,
+                                radius=cfg_pseudo.radius)  # fmt: skip
     for i, rw in zip(walked, results, strict=True):
         image, _, keys = items[i]
         masks[i] = walk_to_mask(rw, keys, image.shape[:2], cfg_pseudo.bg_threshold)
