@@ -1,5 +1,5 @@
 """bench/gpu.sh: its --check mode runs every phase's Python entry points on the CPU at toy sizes, so that no
-phase of a lent GPU's short session can crash on a typo; failures and missing packages are never hidden."""
+phase of a short GPU lease can crash on a typo; failures and missing packages are never hidden."""
 
 from __future__ import annotations
 
