@@ -448,6 +448,7 @@ def bench_kernels(
     only: Annotated[str | None, typer.Option(help="Comma-separated ops: cam_norm,confounder_attention,random_walk")] = None,
     compile: Annotated[bool, typer.Option(help="Also time torch.compile of the reference")] = True,
     dense: Annotated[bool, typer.Option(help="Also time IRNet's dense random walk (slow: minutes on a CPU)")] = False,
+    tiny: Annotated[bool, typer.Option(help="Toy sizes: checks that every path runs, times nothing useful")] = False,
 ) -> None:
     """Time every kernel backend that can run here next to eager PyTorch and torch.compile.
 
@@ -456,14 +457,14 @@ def bench_kernels(
       fastwsss bench kernels --device cuda --json bench/results/kernels-h100.json
     """
     from fastwsss.benchtools import pick_device
-    from fastwsss.kernel_bench import CASES, run_kernel_bench
+    from fastwsss.kernel_bench import CASES, TINY_CASES, run_kernel_bench
 
     ops = [o.strip() for o in only.split(",")] if only else None
-    known = sorted({c.op for c in CASES})
+    known = sorted({c.op for c in CASES + TINY_CASES})
     for op in ops or []:
         if op not in known:
             raise ConfigError(f"--only: unknown op {op!r}; valid: {', '.join(known)}")
-    run_kernel_bench(pick_device(device), repeats, ops, compile, dense, json_path)
+    run_kernel_bench(pick_device(device), repeats, ops, compile, dense, json_path, tiny)
 
 
 def main() -> None:
