@@ -15,6 +15,7 @@ from fastwsss.distributed import all_gather, barrier, init_from_env, on_main, wo
 from fastwsss.environment import environment_record, training_source
 from fastwsss.errors import ConfigError
 from fastwsss.progress import log
+from fastwsss.run_checks import check_new_run
 from fastwsss.rundir import RunDir, create_or_resume
 from fastwsss.stages import plan, stages_for
 from fastwsss.stages.context import StageContext, StepHook, resolve_device
@@ -56,9 +57,19 @@ def run_pipeline(
     out = Path(all_gather(str(out) if out is not None else str(Path("runs") / default_run_name(config)))[0])
     locked: list[RunDir] = []
 
+    names = [stage.name for stage in stages_for(config.method, stages)]
+
     def create() -> dict:
+        if not (resume and (Path(out) / "config.json").is_file()):
+            check_new_run(config, names)  # before config.json exists: a failed check leaves no directory behind
         run, saved = create_or_resume(out, config, resume)  # rank 0 alone locks and writes config.json
         locked.append(run)
+        if saved is not config:
+            try:
+                check_new_run(saved, names)
+            except BaseException:
+                run.unlock()
+                raise
         return saved.to_dict()
 
     config = config_from_dict(on_main(create))

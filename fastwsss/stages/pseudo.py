@@ -21,6 +21,7 @@ from fastwsss.errors import DataError, FastwsssError
 from fastwsss.kernels.random_walk import random_walk
 from fastwsss.models.irn import load_irn
 from fastwsss.progress import track, warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
@@ -45,7 +46,7 @@ def walk_to_mask(rw: torch.Tensor, keys: np.ndarray, size: tuple[int, int], bg_t
 
 
 def pseudo_path(folder: Path, image_id: str) -> Path:
-    return folder / f"{image_id}.png"
+    return id_file(folder, image_id, ".png")
 
 
 @torch.inference_mode()
