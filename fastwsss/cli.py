@@ -32,6 +32,12 @@ app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+RESUME_HINTS = {
+    "train": "rerun the same command with --resume to continue",
+    "segment": "the masks written so far are kept; rerun the same command to do the rest (existing masks are skipped)",
+}
+"""What Ctrl-C tells the user, per command: only `train` has --resume."""
+
 
 def friendly_errors(func: F) -> F:
     """Turn fastwsss errors into one red line and exit code 2, and Ctrl-C into a resume hint."""
@@ -45,11 +51,12 @@ def friendly_errors(func: F) -> F:
             # instead of killing it while it reports.
             raise typer.Exit(0) from None
         except FastwsssError as exc:
-            console.print(f"[red]error:[/red] {escape(rank_prefix())}{one_line(str(exc))}", markup=True, highlight=False,
+            console.print(f"[red]error:[/red] {escape(rank_prefix() + one_line(str(exc)))}", markup=True, highlight=False,
                           soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted:[/yellow] rerun the same command with --resume to continue")
+            hint = RESUME_HINTS.get(func.__name__, "what was finished is kept")
+            console.print(f"[yellow]interrupted:[/yellow] {hint}")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -222,7 +229,7 @@ def _print_metrics(rundir: Path, verbose: bool) -> None:
 
     rows = open_run_dir(rundir).metrics()
     if not latest_rows(rows):
-        console.print(f"{rundir}: no scored outputs yet")
+        console.print(escape(f"{rundir}: no scored outputs yet"), soft_wrap=True)
         return
     console.print(metrics_table(rows, title=f"{rundir}: mIoU (%)"))
     if verbose:
@@ -300,9 +307,9 @@ def data_synth(
                         max_objects=max_objects, seed=seed)
     validate(RunConfig(data=DataConfig(synth=synth)))
     root = generate_synthetic(out, synth)
-    console.print(f"wrote {root}")
+    console.print(escape(f"wrote {root}"), soft_wrap=True)
     if preview:
-        console.print(f"preview: {write_preview(root, root / 'preview.png')}")
+        console.print(escape(f"preview: {write_preview(root, root / 'preview.png')}"), soft_wrap=True)
 
 
 @data_app.command("coco-masks")
@@ -315,7 +322,7 @@ def data_coco_masks(
     from fastwsss.data.coco import convert_instances_to_masks
 
     written = convert_instances_to_masks(instances, out)
-    console.print(f"wrote {written} masks to {out}")
+    console.print(escape(f"wrote {written} masks to {out}"), soft_wrap=True)
 
 
 @app.command("export")
@@ -359,6 +366,7 @@ def segment(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Also say which files were converted (CMYK, 16-bit, ...)")] = False,
     nproc: Annotated[int, typer.Option(help="Processes to start with torchrun, each segmenting a share of the images "
         "on its own GPU")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace masks already in --out (else such images are skipped)")] = False,
 ) -> None:
     """Segment images with a trained model: palette PNG masks named after the inputs, then images/s.
 
@@ -369,7 +377,8 @@ def segment(
     from fastwsss.commands.segment import segment_command
 
     start_processes(nproc, device)
-    code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam, device=device, verbose=verbose)
+    code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam, device=device, verbose=verbose,
+                           overwrite=overwrite)
     if code:
         raise typer.Exit(code)
 

@@ -87,7 +87,7 @@ def run_pipeline(
             view = run if round_ is None else run.round_view(round_)
             name = stage.name if round_ is None else f"round {round_}: {stage.name}"
             if resume and stage.folder and view.is_done(stage.folder):
-                log(f"[dim]{name}: already finished, skipped[/dim]")
+                log(f"{name}: already finished, skipped", style="dim")
                 continue
             ctx = StageContext(config=config, run=view, device=device, resume=resume, on_step=on_step, round=round_)
             started = time.perf_counter()

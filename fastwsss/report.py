@@ -209,7 +209,7 @@ def _class_charts(info: RunInfo) -> str:
     for t in rounds:
         charts = "".join(chart(r) for r in rows if r.get("round") == t)
         parts.append(
-            f"<details{' open' if t == rounds[-1] else ''}><summary>round {t}</summary>"
+            f"<details{' open' if t == rounds[-1] else ''}><summary>round {escape(str(t))}</summary>"
             f'<div class="charts">{charts}</div></details>'
         )
     return "".join(parts)

@@ -31,6 +31,14 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from rich.markup import escape
 
 from fastwsss.benchtools import percentile
+from fastwsss.commands.segment_inputs import (
+    IMAGE_SUFFIXES,
+    Item,
+    check_out,
+    collect_inputs,
+    keep_existing,
+    plan_outputs,
+)
 from fastwsss.data.palette import save_mask_png, voc_palette
 from fastwsss.distributed import all_gather, init_from_env, is_main, launched_world, shard, shutdown, world
 from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
@@ -40,7 +48,6 @@ from fastwsss.models.cam_net import CAMNet, load_cam_net
 from fastwsss.progress import console, make_progress
 from fastwsss.visual import heat_colors
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 MAX_PIXELS = 50_000_000
 """Larger images are refused before decoding: 50 MP of float32 activations would exhaust most machines."""
 OVERLAY_ALPHA = 0.5
@@ -48,109 +55,8 @@ CAM_PANEL_SIDE = 384
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-@dataclass
-class Item:
-    """One input image and the output name it gets (relative to --out, no suffix)."""
-
-    path: Path
-    rel: Path
-    outputs: dict[str, Path] = field(default_factory=dict)
-
-
 def _say(message: str) -> None:
     console.print(escape(message), soft_wrap=True, highlight=False)
-
-
-# -------------------------------------------------------------------------------------------- inputs
-
-
-def _is_glob(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
-
-
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p for p in found
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )  # fmt: skip
-
-
-def collect_inputs(inputs: list[str], recursive: bool) -> tuple[list[Item], list[Path]]:
-    """(images with their relative output names, the folder inputs); one-line DataError for a missing input."""
-    folders = [Path(raw) for raw in inputs if not _is_glob(raw) and Path(raw).is_dir()]
-    items: list[Item] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            prefix = Path(path.resolve().name) if len(folders) > 1 else Path()
-            items += [Item(f, prefix / f.relative_to(path)) for f in _folder_images(path, recursive)]
-            if not recursive and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
-                _say(f"{path}: sub-folders skipped (add --recursive to include them)")
-        elif path.is_file():
-            items.append(Item(path, Path(path.name)))
-        elif _is_glob(raw):
-            fixed = _parts_before_magic(path)
-            base = Path(*fixed) if fixed else Path()
-            pattern = str(Path(*path.parts[len(fixed) :]))
-            matches = sorted(p for p in base.glob(pattern) if p.is_file()) if base.is_dir() else []
-            if not matches:
-                raise DataError(f"{raw}: the pattern matches no file")
-            items += [Item(p, p.relative_to(base)) for p in matches]
-        else:
-            raise DataError(f"{raw}: no such file or folder")
-    unique: dict[Path, Item] = {}
-    for item in items:
-        unique.setdefault(item.path.resolve(), item)
-    return list(unique.values()), folders
-
-
-def _parts_before_magic(path: Path) -> list[str]:
-    parts = []
-    for part in path.parts:
-        if _is_glob(part):
-            break
-        parts.append(part)
-    return parts
-
-
-def plan_outputs(items: list[Item], out: Path, overlay: bool, cam: bool) -> None:
-    """Give every item unique output paths (case-insensitively, for macOS and Windows file systems)."""
-    stems: dict[str, int] = {}
-    for item in items:
-        key = str(item.rel.with_suffix("")).lower()
-        stems[key] = stems.get(key, 0) + 1
-    tails = {"mask": ".png", **({"overlay": "_overlay.jpg"} if overlay else {}), **({"cam": "_cam.png"} if cam else {})}
-    taken: set[str] = set()
-    for item in items:
-        base = item.rel.with_suffix("")
-        if stems[str(base).lower()] > 1:  # a.jpg and a.png: a_jpg, a_png
-            base = base.with_name(f"{base.name}_{item.rel.suffix.lstrip('.').lower()}")
-        candidate, n = base, 1
-        while any(str(candidate).lower() + tail.lower() in taken for tail in tails.values()):
-            n += 1
-            candidate = base.with_name(f"{base.name}-{n}")
-        for key, tail in tails.items():  # one base for all of an image's files
-            taken.add(str(candidate).lower() + tail.lower())
-            item.outputs[key] = out / (str(candidate) + tail)
-
-
-def check_out(out: Path, items: list[Item], folders: list[Path]) -> None:
-    """Refuse an --out that would put any file into an input folder (or onto an input file)."""
-    target = out.resolve()
-    for folder in folders:
-        where = folder.resolve()
-        if target == where or where in target.parents:
-            raise ConfigError(f"--out {out}: is inside the input folder {folder}; choose a folder outside it")
-    holders = {item.path.resolve().parent for item in items}
-    inputs = {item.path.resolve() for item in items}
-    for item in items:
-        for path in item.outputs.values():
-            if path.resolve().parent in holders or path.resolve() in inputs:
-                raise ConfigError(
-                    f"--out {out}: would write {path.name} into {path.resolve().parent}, which holds input images"
-                )
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -268,7 +174,9 @@ def load_cam_model(model: Path, device: torch.device, num_foreground: int) -> Ca
         raise FastwsssError(f"{checkpoint}: the classifier needs CONTA's extra input maps, not an image alone")
     if net.num_classes != num_foreground:
         raise FastwsssError(f"{checkpoint}: {net.num_classes} classes, the segmentation model has {num_foreground}")
-    names = [str(n) for n in meta.get("class_names") or []] or [f"class{i}" for i in range(1, net.num_classes + 1)]
+    given = meta.get("class_names")
+    names = [str(n) for n in given] if isinstance(given, list) and len(given) == net.num_classes else []
+    names = names or [f"class{i}" for i in range(1, net.num_classes + 1)]
     return CamModel(net.eval(), tuple(open_run_dir(model).load_config().cam.scales), names, device)
 
 
@@ -344,7 +252,10 @@ def _write(item: Item, image: np.ndarray, mask: np.ndarray, palette: np.ndarray,
     if "overlay" in item.outputs:
         save_overlay(image, mask, palette, item.outputs["overlay"])
     if cam is not None:
-        maps, titles = cam_maps(cam, image, mask)
+        try:
+            maps, titles = cam_maps(cam, image, mask)
+        except Exception as exc:  # noqa: BLE001  (the mask is written; the heat map of this image alone fails)
+            raise DataError(f"{item.path}: no CAM heat map ({type(exc).__name__}: {one_line(str(exc))[:200]})") from None
         save_cam_strip(image, maps, titles, item.outputs["cam"])
 
 
@@ -361,6 +272,7 @@ def segment_command(
     device: str | None = None,
     verbose: bool = False,
     max_pixels: int = MAX_PIXELS,
+    overwrite: bool = False,
 ) -> int:
     """Segment the images of `inputs` into `out` (module docstring); 0 when all went well, 1 when any failed."""
     if batch_size < 1:
@@ -377,6 +289,11 @@ def segment_command(
     if launched_world().distributed:  # under torchrun: this rank's share of the images, on its own GPU
         device = str(init_from_env(torch_device(device)))
         items = shard(items)
+    failed: list[str] = []
+    if not overwrite:
+        items, failed = keep_existing(items)
+        for line in failed:
+            _say(f"skipped: {line}")
     segmenter = load_segmenter(model, backend, device)
     _say(f"model {segmenter.source}: {segmenter.backend}, {segmenter.detail}")
     if segmenter.reason:
@@ -389,7 +306,6 @@ def segment_command(
         except FastwsssError as exc:
             _say(f"--cam: no CAM heat maps: {one_line(str(exc))}")
     palette = full_palette(segmenter.palette)
-    failed: list[str] = []
     converted = done = 0
     timings = _Timings()
     begin = time.perf_counter()
@@ -419,7 +335,12 @@ def segment_command(
             for error in failed[before:]:
                 _say(f"failed: {error}")
             for item, image, mask in results:
-                _write(item, image, mask, palette, cam_model)
+                try:
+                    _write(item, image, mask, palette, cam_model)
+                except DataError as exc:
+                    failed.append(one_line(str(exc)))
+                    _say(f"failed: {failed[-1]}")
+                    continue
                 done += 1
             progress.advance(task, len(batch))
     wall_s = time.perf_counter() - begin
@@ -435,7 +356,7 @@ def segment_command(
             return 1 if failed else 0
     summary = f"{done} of {total} images segmented into {out}"
     if failed:
-        summary += f"; {len(failed)} failed (listed above)"
+        summary += f"; {len(failed)} failed or skipped (listed above)"
     if converted and not verbose:
         summary += f"; {converted} converted to 8-bit RGB (--verbose says how)"
     _say(summary)
