@@ -19,6 +19,7 @@ from fastwsss.run_checks import check_new_run
 from fastwsss.rundir import RunDir, create_or_resume
 from fastwsss.stages import plan, stages_for
 from fastwsss.stages.context import StageContext, StepHook, resolve_device
+from fastwsss.stages.per_image import missing_outputs
 
 
 def default_run_name(config: RunConfig) -> str:
@@ -87,8 +88,11 @@ def run_pipeline(
             view = run if round_ is None else run.round_view(round_)
             name = stage.name if round_ is None else f"round {round_}: {stage.name}"
             if resume and stage.folder and view.is_done(stage.folder):
-                log(f"{name}: already finished, skipped", style="dim")
-                continue
+                missing = on_main(lambda view=view, stage=stage: missing_outputs(view, config, stage.folder))
+                if not missing:
+                    log(f"{name}: already finished, skipped", style="dim")
+                    continue
+                log(f"{name}: marked finished but {len(missing)} output(s) are missing (first: {missing[0]}); redoing them")
             ctx = StageContext(config=config, run=view, device=device, resume=resume, on_step=on_step, round=round_)
             started = time.perf_counter()
             if stage.all_ranks:
