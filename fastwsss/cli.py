@@ -78,6 +78,15 @@ def apply_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
     return config
 
 
+def absolute(path: Path | None) -> str | None:
+    """A path option as stored in config.json: absolute, so that eval, report and export of the run work
+    from any folder."""
+    return str(path.absolute()) if path is not None else None
+
+
+PATH_SETTINGS = ("data.root", "data.cls_labels", "cls.weights")
+
+
 def check_resume_options(saved: RunConfig, options: dict[str, Any], rundir: Path) -> None:
     """With --resume the saved config wins; an explicit option that disagrees with it is an error, not ignored."""
     for dotted, value in options.items():
@@ -86,6 +95,8 @@ def check_resume_options(saved: RunConfig, options: dict[str, Any], rundir: Path
         current: Any = saved
         for name in dotted.split("."):
             current = getattr(current, name)
+        if dotted in PATH_SETTINGS and isinstance(current, str) and Path(current).absolute() == Path(value).absolute():
+            continue  # a run saved with a relative path, resumed from the same folder
         if current != value:
             raise ConfigError(
                 f"{dotted}: --resume uses {rundir / 'config.json'} where it is {current!r}, but you passed "
@@ -146,9 +157,9 @@ def train(
 
     options = {
         "method": method, "seed": seed, "device": device, "conta.rounds": rounds,
-        "data.name": data, "data.root": str(root) if root else None, "data.num_workers": num_workers,
-        "data.cls_labels": str(cls_labels) if cls_labels else None,
-        "cls.weights": str(weights) if weights else None, "cls.backbone": backbone, "cls.epochs": epochs,
+        "data.name": data, "data.root": absolute(root), "data.num_workers": num_workers,
+        "data.cls_labels": absolute(cls_labels),
+        "cls.weights": absolute(weights), "cls.backbone": backbone, "cls.epochs": epochs,
         "cls.batch_size": batch_size, "cls.lr": lr,
     }
     if data in ("voc", "coco") and preset == "synthetic":
