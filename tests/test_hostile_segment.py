@@ -3,6 +3,7 @@ file the command did not write in this run is replaced unless --overwrite is giv
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,19 @@ def test_one_pixel_wide_image_with_cam_fails_alone(setup: dict[str, Path], tmp_p
     assert (out / "b_normal.png").is_file() and (out / "b_normal_cam.png").is_file(), output
     thin = [line for line in output.splitlines() if "a_thin.png" in line]
     assert code in (0, 1) and len(thin) <= 1, output
+
+
+def test_fifos_and_link_loops_are_named_not_read(setup: dict[str, Path], tmp_path: Path) -> None:
+    inputs = tmp_path / "imgs"
+    jpeg(inputs / "good.jpg")
+    os.mkfifo(inputs / "pipe.jpg")  # opening it would block forever
+    (inputs / "loop_a.png").symlink_to(inputs / "loop_b.png")
+    (inputs / "loop_b.png").symlink_to(inputs / "loop_a.png")
+    out = tmp_path / "out"
+    code, output = cli("segment", inputs, "--model", setup["run"], "--out", out)
+    assert code == 0 and (out / "good.png").is_file(), output
+    for name, kind in (("pipe.jpg", "FIFO"), ("loop_a.png", "loop"), ("loop_b.png", "loop")):
+        named = [line for line in output.splitlines() if name in line]
+        assert len(named) == 1 and kind in named[0], output
+    code, output = cli("segment", inputs / "pipe.jpg", "--model", setup["run"], "--out", out)
+    assert code == 2 and "FIFO" in one_error_line(output)

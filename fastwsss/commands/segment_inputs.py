@@ -7,6 +7,8 @@ that already exists is never replaced unless --overwrite is given (fastwsss.comm
 
 from __future__ import annotations
 
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +33,39 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
+def _say(message: str) -> None:
+    console.print(escape(message), soft_wrap=True, highlight=False)
+
+
+def _not_regular(path: Path) -> str:
+    """What `path` is when it is not a regular file (never opened: reading a FIFO would block forever)."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "gone"
+    if stat.S_ISLNK(mode):
+        return "a link that leads nowhere (broken, or a loop)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a socket or device"
+
+
+def _regular_files(paths: Iterable[Path]) -> list[Path]:
+    """The regular files of `paths`; an image name that is no regular file is skipped with one line."""
+    keep = []
+    for path in paths:
+        if path.is_file():
+            keep.append(path)
+        elif path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
+            _say(f"skipped: {path} is {_not_regular(path)}, not an image file")
+    return sorted(keep)
+
+
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
+    return _regular_files(
         p for p in found
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )  # fmt: skip
 
 
@@ -50,17 +79,19 @@ def collect_inputs(inputs: list[str], recursive: bool) -> tuple[list[Item], list
             prefix = Path(path.resolve().name) if len(folders) > 1 else Path()
             items += [Item(f, prefix / f.relative_to(path)) for f in _folder_images(path, recursive)]
             if not recursive and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
-                console.print(escape(f"{path}: sub-folders skipped (add --recursive to include them)"), soft_wrap=True, highlight=False)
+                _say(f"{path}: sub-folders skipped (add --recursive to include them)")
         elif path.is_file():
             items.append(Item(path, Path(path.name)))
         elif _is_glob(raw):
             fixed = _parts_before_magic(path)
             base = Path(*fixed) if fixed else Path()
             pattern = str(Path(*path.parts[len(fixed) :]))
-            matches = sorted(p for p in base.glob(pattern) if p.is_file()) if base.is_dir() else []
+            matches = _regular_files(base.glob(pattern)) if base.is_dir() else []
             if not matches:
                 raise DataError(f"{raw}: the pattern matches no file")
             items += [Item(p, _name_under(p, base)) for p in matches]
+        elif path.exists() or path.is_symlink():
+            raise DataError(f"{raw}: is {_not_regular(path)}, not an image file")
         else:
             raise DataError(f"{raw}: no such file or folder")
     unique: dict[Path, Item] = {}
