@@ -378,6 +378,8 @@ def segment(
     nproc: Annotated[int, typer.Option(help="Processes to start with torchrun, each segmenting a share of the images "
         "on its own GPU")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace masks already in --out (else such images are skipped)")] = False,
+    memory_budget: Annotated[str | None, typer.Option(help="Memory the images of one batch may use, e.g. 4G "
+        "(default: half of the memory available at start); batches are sized from the images' pixel counts")] = None,
 ) -> None:
     """Segment images with a trained model: palette PNG masks named after the inputs, then images/s.
 
@@ -386,10 +388,12 @@ def segment(
       fastwsss segment photos/ --model runs/c2am-voc --out masks/ --overlay
     """
     from fastwsss.commands.segment import segment_command
+    from fastwsss.commands.segment_memory import parse_bytes
 
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
     start_processes(nproc, device)
     code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam, device=device, verbose=verbose,
-                           overwrite=overwrite)
+                           overwrite=overwrite, memory_budget=budget)
     if code:
         raise typer.Exit(code)
 

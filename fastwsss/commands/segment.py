@@ -39,6 +39,7 @@ from fastwsss.commands.segment_inputs import (
     keep_existing,
     plan_outputs,
 )
+from fastwsss.commands.segment_memory import bytes_per_pixel, default_budget, pixel_count, plan_batches
 from fastwsss.data.palette import save_mask_png, voc_palette
 from fastwsss.distributed import all_gather, init_from_env, is_main, launched_world, shard, shutdown, world
 from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
@@ -259,6 +260,27 @@ def _write(item: Item, image: np.ndarray, mask: np.ndarray, palette: np.ndarray,
         save_cam_strip(image, maps, titles, item.outputs["cam"])
 
 
+def _budget_batches(
+    items: list[Item], segmenter: Segmenter, batch_size: int, budget: int | None, failed: list[str]
+) -> list[list[Item]]:
+    """Batches of at most `batch_size` whose estimated memory stays under `budget` (fastwsss.commands.segment_memory);
+    an image that alone exceeds it is added to `failed` with one line."""
+    budget = budget if budget is not None else default_budget()
+    model = getattr(segmenter, "model", None)
+    try:
+        per_pixel = bytes_per_pixel(model if isinstance(model, torch.nn.Module) else None, len(segmenter.class_names),
+                                    getattr(segmenter, "device", None))
+    except Exception:  # noqa: BLE001  (a model that cannot be probed is costed like an opaque backend)
+        per_pixel = bytes_per_pixel(None, len(segmenter.class_names))
+    pixels = [pixel_count(item.path) for item in items]
+    planned, too_large = plan_batches(pixels, batch_size, budget, per_pixel)
+    for index in too_large:
+        failed.append(f"{items[index].path}: {pixels[index] / 1e6:.1f} MP need about {pixels[index] * per_pixel / 2**30:.1f} "
+                      f"GiB to segment, above the memory budget of {budget / 2**30:.1f} GiB (--memory-budget)")
+        _say(f"failed: {failed[-1]}")
+    return [[items[i] for i in batch] for batch in planned] or [[]]
+
+
 def segment_command(
     inputs: list[str],
     model: Path,
@@ -273,6 +295,7 @@ def segment_command(
     verbose: bool = False,
     max_pixels: int = MAX_PIXELS,
     overwrite: bool = False,
+    memory_budget: int | None = None,
 ) -> int:
     """Segment the images of `inputs` into `out` (module docstring); 0 when all went well, 1 when any failed."""
     if batch_size < 1:
@@ -309,7 +332,7 @@ def segment_command(
     converted = done = 0
     timings = _Timings()
     begin = time.perf_counter()
-    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)] or [[]]
+    batches = _budget_batches(items, segmenter, batch_size, memory_budget, failed)
     with ThreadPoolExecutor(max_workers=2) as pool, make_progress() as progress:
         task = progress.add_task("segment", total=len(items), info="")
 
