@@ -8,6 +8,7 @@ that do not fit the backbone.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def check_device(config: RunConfig) -> None:
     forced = forced_backend()
     if forced == "cuda" and not cuda:
         raise ConfigError(f"{ENV_VAR}=cuda: the run's device is the CPU; unset {ENV_VAR} or run on a GPU")
+    if forced == "triton" and importlib.util.find_spec("triton") is None:
+        raise ConfigError(f"{ENV_VAR}=triton: triton is not installed; unset {ENV_VAR}")
     if forced == "triton" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError(f"{ENV_VAR}=triton: Triton needs a GPU (or TRITON_INTERPRET=1 on the CPU); unset {ENV_VAR}")
 

@@ -3,6 +3,7 @@ checkpoint, a full disk while a checkpoint is written, rich markup in paths. Thr
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -99,3 +100,29 @@ def test_rich_markup_in_out_is_shown_as_text(finished: tuple[Path, Path], tmp_pa
     assert code == 2 and "cls.lr" in one_error_line(output)
     code, output = cli("train", "--resume", "--out", out)
     assert code == 2 and str(out) in one_error_line(output), output
+
+
+def test_triton_forced_on_the_cpu_without_the_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, output = cli("train", *QUICK, "--device", "cpu", "--out", tmp_path / "run", env={"FASTWSSS_KERNELS": "triton"})
+    assert code == 2 and "FASTWSSS_KERNELS=triton" in one_error_line(output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_markup_in_class_names_and_ctrl_c_in_segment(
+    finished: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, original = finished
+    run = Path(shutil.copytree(original, tmp_path / "run"))
+    row = {"stage": "cam", "split": "[/x]", "method": "cam", "miou": 0.5, "per_class_iou": [0.5, 0.25],
+           "class_names": ["[/c]", "[bold]b"]}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    code, output = cli("eval", run, "--no-rescore", "-v")
+    assert code == 0 and "[/c]" in output and "[bold]b" in output and "[/x]" in output, output
+
+    def interrupted(*_args: object, **_kwargs: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fastwsss.commands.segment.segment_command", interrupted)
+    code, output = cli("segment", tmp_path, "--model", run, "--out", tmp_path / "masks")
+    assert code == 130 and "interrupted" in output and "--resume" not in output, output
