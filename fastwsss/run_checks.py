@@ -27,7 +27,7 @@ SPLIT_USERS: dict[str, tuple[str, ...]] = {
 
 def check_device(config: RunConfig) -> None:
     """A cuda device that this machine has; a forced kernel backend that can run on the run's device."""
-    from kernels.dispatch import ENV_VAR, forced_backend
+    from fastwsss.kernels.dispatch import ENV_VAR, forced_backend
 
     name = config.device
     cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())

@@ -202,3 +202,16 @@ def test_wrong_typed_config_json_on_resume_is_one_line(edit, setting: str, tmp_p
     code, output = cli("train", "--resume", "--out", run, "--stages", "cls")
     line = one_error_line(output)
     assert code == 2 and setting in line and str(run / "config.json") in line, output
+
+
+def test_checks_run_from_any_folder(tmp_path: Path) -> None:
+    """The installed command, started outside the repository (where `kernels` is no top-level module)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FASTWSSS_KERNELS": "cuda", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-m", "fastwsss", "train", *QUICK, "--device", "cpu", "--out", "run"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "FASTWSSS_KERNELS=cuda" in one_error_line(output), output
+    assert not (tmp_path / "run").exists()
