@@ -77,8 +77,9 @@ def test_checksum_round_trip_and_mismatch(tmp_path: Path) -> None:
         load_seg_model(path, "cpu", 3)
 
 
-def test_full_disk_while_saving_a_checkpoint_names_the_file(tmp_path: Path) -> None:
-    """On a 1 MB tmpfs (where this suite may mount one) a 4 MB checkpoint cannot be written."""
+def test_full_disk_while_saving_a_checkpoint_names_the_file(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    """On a 1 MB tmpfs (where this suite may mount one) a checkpoint of several MB cannot be written."""
+    data, _ = finished
     mount = tmp_path / "small"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
@@ -88,6 +89,11 @@ def test_full_disk_while_saving_a_checkpoint_names_the_file(tmp_path: Path) -> N
         with pytest.raises(RunDirError, match=f"cannot write {target}"):
             save_torch_file({"w": torch.zeros(1_000_000)}, target)
         assert list(mount.iterdir()) == []  # no temporary left behind
+        run = mount / "run"
+        code, output = cli("train", *QUICK, "--data", "synthetic", "--root", data, "--out", run, "--stages", "cls")
+        line = one_error_line(output)
+        assert code == 2 and f"cannot write {run / 'cls'}" in line, output
+        assert not [p for p in run.rglob(".*.tmp*")], "a temporary was left behind"
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 
