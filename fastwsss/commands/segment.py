@@ -7,7 +7,9 @@ Outputs, all under --out and named after the input (a folder's or a glob's sub-f
     <name>_cam.png      CAM heat maps of the predicted classes, one panel each (--cam, run directories only)
 Two inputs that would get the same name (a.jpg and a.png, or the same name in two input folders) get
 `<stem>_<ext>` names, then `-2`, `-3` suffixes. Nothing is ever written into an input folder: --out equal
-to or inside a folder input, or equal to the folder of an input file, is refused before any work.
+to or inside a folder input, or equal to the folder of an input file, is refused before any work; nor
+outside --out; nor over a file that exists already, unless --overwrite is given (fastwsss.commands.segment_inputs).
+Batches are sized to a memory budget from the images' pixel counts (fastwsss.commands.segment_memory).
 
 Images are read like the data sets read them (EXIF orientation applied, CMYK / RGBA / grayscale / 16-bit
 converted to 8-bit RGB; --verbose says so per file). A file that cannot be read (corrupt, truncated, not an
