@@ -91,7 +91,7 @@ def load_label_table(path: Path) -> dict[int | str, np.ndarray]:
             raise DataError(f"{path}: cls_labels keys must be ints or strings, got {type(key).__name__}")
         try:
             vector = np.asarray(value)
-            if vector.dtype == object or not np.issubdtype(vector.dtype, np.number) and vector.dtype != np.bool_:
+            if not (np.issubdtype(vector.dtype, np.number) or vector.dtype == np.bool_):
                 raise TypeError(f"dtype {vector.dtype}")
             clean[plain] = vector.astype(np.float32).reshape(-1)
         except (TypeError, ValueError) as exc:
