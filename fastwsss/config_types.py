@@ -36,9 +36,16 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if dataclasses.is_dataclass(hint):
-        return isinstance(value, hint)
-    return isinstance(value, hint)
+    if hint is typing.Any:
+        return True
+    if origin in (list, dict):
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple) if origin is list else dict):  # config_from_dict makes lists tuples
+            return False
+        if origin is list and args:
+            return all(_type_ok(item, args[0]) for item in value)
+        return not args or all(_type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items())
+    return isinstance(value, hint) if isinstance(hint, type) else True  # a hint this checker does not know
 
 
 def check_types(section: Any, prefix: str = "") -> None:
