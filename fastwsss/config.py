@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fastwsss.config_types import check_types
 from fastwsss.errors import ConfigError
 from fastwsss.thresholds import THRESHOLD_RULES
 
@@ -325,13 +327,51 @@ def get_preset(name: str, method: str = "cam") -> RunConfig:
     return change(config) if change is not None else config
 
 
+MAX_SEED = 2**32 - 1
+MAX_RADIUS = 24
+"""Upper bound of irn.radius and pseudo.radius: the pair count grows with radius^2 (IRNet uses 10 and 5);
+a radius of 60 exhausts the memory of any machine."""
+MAX_SIDE = 4096
+"""Upper bound of crops, long sides and generated image sides, in pixels."""
+MAX_BATCH = 1024
+MAX_EPOCHS = 100_000
+SCALE_RANGE = (0.05, 8.0)
+"""Allowed CAM scales: below 0.05 a typical image shrinks to a few pixels; above 8 one scale alone needs
+64 times the image's activations."""
+
+
 def validate(config: RunConfig) -> RunConfig:
-    """Check every setting's range; raise ConfigError naming the first bad one."""
+    """Check every setting's type and range (upper bounds included); raise ConfigError naming the first bad one."""
 
     def need(ok: bool, setting: str, message: str) -> None:
         if not ok:
             raise ConfigError(f"{setting}: {message}")
 
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config: expected the run settings, got {type(config).__name__}")
+    check_types(config)
+    need(0 <= config.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}, got {config.seed}")
+    for section in ("cls", "irn", "seg", "c2am"):
+        part = getattr(config, section)
+        need(1 <= part.epochs <= MAX_EPOCHS, f"{section}.epochs", f"must be in 1..{MAX_EPOCHS}, got {part.epochs}")
+        need(1 <= part.batch_size <= MAX_BATCH, f"{section}.batch_size", f"must be in 1..{MAX_BATCH}, got {part.batch_size}")
+    for section in ("cls", "irn", "seg"):
+        part = getattr(config, section)
+        need(part.crop <= MAX_SIDE, f"{section}.crop", f"must be <= {MAX_SIDE}, got {part.crop}")
+    for section in ("cls", "irn"):
+        part = getattr(config, section)
+        need(max(part.resize_long) <= MAX_SIDE, f"{section}.resize_long", f"must be <= {MAX_SIDE}, got {part.resize_long}")
+    lo, hi = SCALE_RANGE
+    need(all(lo <= x <= hi for x in config.cam.scales), "cam.scales", f"each scale must be in [{lo}, {hi}], got {config.cam.scales}")
+    need(len(config.cam.scales) <= 16, "cam.scales", f"at most 16 scales, got {len(config.cam.scales)}")
+    need(config.irn.radius <= MAX_RADIUS, "irn.radius", f"must be <= {MAX_RADIUS}, got {config.irn.radius}")
+    need(config.pseudo.radius <= MAX_RADIUS, "pseudo.radius", f"must be <= {MAX_RADIUS}, got {config.pseudo.radius}")
+    need(config.data.synth.size <= MAX_SIDE, "synth.size", f"must be <= {MAX_SIDE}, got {config.data.synth.size}")
+    need(config.data.num_workers <= 256, "data.num_workers", f"must be <= 256, got {config.data.num_workers}")
+    need(config.c2am.global_size <= MAX_SIDE, "c2am.global_size", f"must be <= {MAX_SIDE}, got {config.c2am.global_size}")
+    need(config.conta.mask_size <= 512, "conta.mask_size", f"must be <= 512, got {config.conta.mask_size}")
+    need(config.conta.rounds <= 100, "conta.rounds", f"must be <= 100, got {config.conta.rounds}")
+    need(config.preset in PRESETS, "preset", f"unknown preset {config.preset!r}; valid: {', '.join(PRESETS)}")
     need(config.method in METHODS, "method", f"unknown method {config.method!r}; valid: {', '.join(METHODS)}")
     need(config.data.name in DATASET_NAMES, "data", f"unknown data set {config.data.name!r}; valid: {', '.join(DATASET_NAMES)}")
     need(config.data.name == "synthetic" or config.data.root is not None, "root", f"--root is required for --data {config.data.name}")
@@ -392,20 +432,22 @@ def validate(config: RunConfig) -> RunConfig:
     need(t.attention_lr_mult > 0, "conta.attention_lr_mult", f"must be > 0, got {t.attention_lr_mult}")
     e = config.eval
     need(0 < e.cam_bg_threshold < 1, "eval.cam_bg_threshold", f"must be in (0, 1), got {e.cam_bg_threshold}")
-    need(config.device in ("auto", "cpu") or config.device.startswith("cuda"), "device", f"auto, cpu or cuda[:N], got {config.device!r}")
+    need(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", config.device) is not None, "device", f"auto, cpu or cuda[:N], got {config.device!r}")
     return config
 
 
-def _from_dict(cls: type, values: dict[str, Any]) -> Any:
+def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     names = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"config.json: unknown setting {cls.__name__}.{key}")
+            raise ConfigError(f"unknown setting {prefix}{key}")
         f = names[key]
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(value, dict):
-            kwargs[key] = _from_dict(sub, value)
+        if sub is not None and dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: must be an object of settings, got {type(value).__name__}")
+            kwargs[key] = _from_dict(sub, value, f"{prefix}{key}.")
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
         else:
@@ -414,7 +456,9 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
-    """Inverse of `RunConfig.to_dict` (for config.json)."""
+    """Inverse of `RunConfig.to_dict` (for config.json); every type and range checked (ConfigError)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"expected an object of settings, got {type(values).__name__}")
     return validate(_from_dict(RunConfig, values))
 
 

@@ -35,7 +35,7 @@ from fastwsss.kernels.random_walk import random_walk
 from fastwsss.metrics import ConfusionMeter
 from fastwsss.models.irn import load_irn
 from fastwsss.progress import track, warn
-from fastwsss.rundir import open_run_dir
+from fastwsss.rundir import id_file, open_run_dir
 from fastwsss.stages.pseudo import walk_to_mask
 
 
@@ -92,8 +92,8 @@ def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") ->
     for image_id in track(source.ids[:images], "diagnose: walk"):
         try:
             image, gt = source.load_pair(image_id)
-            cams = load_cam_npz(run.path / "cams" / f"{image_id}.npz")
-            ir_label = read_label_png(run.path / "ir_labels" / f"{image_id}.png", source.num_classes)
+            cams = load_cam_npz(id_file(run.path / "cams", image_id, ".npz"))
+            ir_label = read_label_png(id_file(run.path / "ir_labels", image_id, ".png"), source.num_classes)
         except (FastwsssError, OSError) as exc:
             warn(f"diagnose: {image_id}: {exc}; left out")
             continue

@@ -21,6 +21,7 @@ from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.distributed import all_gather, is_main
 from fastwsss.errors import ConfigError, DataError, FastwsssError
 from fastwsss.progress import track, warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
@@ -69,7 +70,7 @@ def ir_label_from_cams(
 
 
 def ir_label_path(folder: Path, image_id: str) -> Path:
-    return folder / f"{image_id}.png"
+    return id_file(folder, image_id, ".png")
 
 
 def run_ir_label(ctx: StageContext) -> None:

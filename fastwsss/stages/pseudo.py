@@ -28,6 +28,7 @@ from fastwsss.kernels.random_walk import random_walk
 from fastwsss.kernels.random_walk_batch import random_walk_batch
 from fastwsss.models.irn import grid_size, load_irn
 from fastwsss.progress import track, warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
@@ -68,7 +69,7 @@ def walk_to_mask(
 
 
 def pseudo_path(folder: Path, image_id: str) -> Path:
-    return folder / f"{image_id}.png"
+    return id_file(folder, image_id, ".png")
 
 
 @torch.inference_mode()
