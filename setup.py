@@ -43,7 +43,7 @@ ext_modules, cmdclass = cuda_extensions()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"fastwsss.kernels": ["*.cu", "*.cpp", "*.h"]},
+    package_data={"fastwsss.kernels": ["*.cu", "*.cpp", "*.h", "preference.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

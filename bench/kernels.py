@@ -1,12 +1,13 @@
 """The kernel micro-benchmarks (fastwsss.kernel_bench), writing bench/results/kernels-<device>.json.
 
-    python -m bench.kernels [--device cuda] [--repeats 30] [--only cam_norm] [--no-compile] [--dense]
+    python -m bench.kernels [--device cuda] [--repeats 30] [--only cam_norm] [--no-compile] [--dense] [--tiny]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bench.common import RESULTS_DIR, device_label, pick_device
 from fastwsss.kernel_bench import run_kernel_bench
@@ -19,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated ops")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--dense", action="store_true", help="also IRNet's dense walk")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (a CPU check that every path runs)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
-    path = args.json or RESULTS_DIR / f"kernels-{device_label(device)}.json"
+    path = Path(args.json) if args.json else RESULTS_DIR / f"kernels-{device_label(device)}.json"
     only = args.only.split(",") if args.only else None
-    run_kernel_bench(device, args.repeats, only, not args.no_compile, args.dense, path)
+    run_kernel_bench(device, args.repeats, only, not args.no_compile, args.dense, path, args.tiny)
     return 0
 
 

@@ -7,7 +7,9 @@
 Per image: `fastwsss.stages.pseudo.propagate_image`, the stage's work as it runs it (IRN boundary map with
 flip, random walk, x4 upsample, argmax; host copies included). Paths: "fused" is the stage as is (the public
 `random_walk`: cuda > triton > reference on CUDA tensors, the reference on the CPU; the JSON names the backend);
-"fused:B" the same with FASTWSSS_KERNELS=B set around its calls; "dense" the stage with its `random_walk`
+"batched N" the stage's GPU path (`propagate_images`: N images per `random_walk_batch` call, one padded
+batch; per-image times are the group's time divided by N); "fused:B" the same as "fused" with FASTWSSS_KERNELS=B
+set around its calls; "dense" the stage with its `random_walk`
 swapped for IRNet's dense T^(2^exp_times) (`random_walk_reference_dense`, size guard lifted: ~0.5 GiB per n x n
 matrix on the 94 x 125 grid of a 500 x 375 image). Inputs: deterministic structured images, smooth-blob CAMs in
 [0, 1] on the IRN's stride-4 grid, 1..3 present classes cycling (--classes). The IRN has seeded random weights:
@@ -115,42 +117,46 @@ class WalkTimer:
 
 def run_path(
     walk: Callable[..., torch.Tensor], forced: str | None, model: torch.nn.Module, samples: list[Sample],
-    cfg: PseudoConfig, device: torch.device, budget_s: float,
+    cfg: PseudoConfig, device: torch.device, budget_s: float, batch: int = 1,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:  # fmt: skip
-    """Time `propagate_image` over `samples` with the stage's walk replaced by a timed `walk`."""
-    timer = WalkTimer(walk, device)
-    saved_walk, saved_env = pseudo_stage.random_walk, os.environ.get(ENV_VAR)
-    pseudo_stage.random_walk = timer
+    """Time the stage's work over `samples` with its walk replaced by a timed `walk`: `propagate_image` per
+    image, or with `batch` > 1 `propagate_images` per group of `batch` images (the stage's GPU path, whose walk
+    is `random_walk_batch`; `walk` is then ignored and the batched walk is timed)."""
+    name = "random_walk_batch" if batch > 1 else "random_walk"
+    timer = WalkTimer(getattr(pseudo_stage, name) if batch > 1 else walk, device)
+    saved_walk, saved_env = getattr(pseudo_stage, name), os.environ.get(ENV_VAR)
+    setattr(pseudo_stage, name, timer)
     if forced is not None:
         os.environ[ENV_VAR] = forced
+    groups = [samples[i : i + batch] for i in range(0, len(samples), batch)]
     try:
         backend = kernel_backend(torch.empty(1, device=device), OP) if walk is random_walk else "dense"
         if walk is random_walk or device.type == "cuda":
-            image, cam4, keys = samples[0]
-            pseudo_stage.propagate_image(model, image, cam4, keys, cfg, device)
+            pseudo_stage.propagate_images(model, groups[0], cfg, device)
             synchronize(device)
             timer.collect()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
         stage_ms, walk_ms, masks = [], [], []
-        for image, cam4, keys in samples:
+        for group in groups:
             if sum(stage_ms) > budget_s * 1e3:
                 break
             synchronize(device)
             begin = time.perf_counter()
-            masks.append(pseudo_stage.propagate_image(model, image, cam4, keys, cfg, device))
+            masks += pseudo_stage.propagate_images(model, group, cfg, device)
             synchronize(device)
-            stage_ms.append((time.perf_counter() - begin) * 1e3)
-            walk_ms.append(timer.collect())
+            elapsed, walked = (time.perf_counter() - begin) * 1e3, timer.collect()
+            stage_ms += [elapsed / len(group)] * len(group)
+            walk_ms += [walked / len(group)] * len(group)
     finally:
-        pseudo_stage.random_walk = saved_walk
+        setattr(pseudo_stage, name, saved_walk)
         if saved_env is None:
             os.environ.pop(ENV_VAR, None)
         else:
             os.environ[ENV_VAR] = saved_env
     row: dict[str, Any] = {
-        "backend": backend, "status": "ok", "images": len(stage_ms), "total_s": sum(stage_ms) / 1e3,
+        "backend": backend, "status": "ok", "batch": batch, "images": len(stage_ms), "total_s": sum(stage_ms) / 1e3,
         "images_per_s": len(stage_ms) * 1e3 / sum(stage_ms),
         **{f"stage_{k}": v for k, v in timing_fields(summarize(stage_ms)).items() if k != "repeats"},
         **{f"walk_{k}": v for k, v in timing_fields(summarize(walk_ms)).items() if k != "repeats"},
@@ -170,6 +176,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="resnet50", help="IRN backbone (the voc preset's: resnet50)")
     parser.add_argument("--classes", default="1,2,3", help="present classes per image, cycling")
     parser.add_argument("--backends", default="", help=f"also time these walk backends forced: among {BACKENDS}")
+    parser.add_argument("--batch", type=int, default=16, help="images per walk of the 'batched' path (the GPU stage's)")
     parser.add_argument("--dense-images", type=int, default=4, help="images of the dense path at most")
     parser.add_argument("--no-dense", action="store_true", help="skip IRNet's dense walk")
     parser.add_argument("--budget-s", type=float, default=120.0, help="per path: no image starts after this")
@@ -177,8 +184,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/pseudo-<device>.json")
     args = parser.parse_args(argv)
     unknown = [b for b in args.backends.split(",") if b and b not in BACKENDS]
-    if unknown or args.images < 1 or args.dense_images < 1:
-        parser.error(f"--backends among {BACKENDS} (got {unknown}); --images and --dense-images >= 1")
+    if unknown or args.images < 1 or args.dense_images < 1 or args.batch < 2:
+        parser.error(f"--backends among {BACKENDS} (got {unknown}); --images and --dense-images >= 1; --batch >= 2")
     return args
 
 
@@ -207,18 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PseudoConfig()
     torch.manual_seed(0)
     model = BoundaryNet.from_imagenet(args.backbone, None).to(device).eval()
-    paths: list[tuple[str, Callable[..., torch.Tensor], str | None, int]] = [("fused", random_walk, None, args.images)]
-    paths += [(f"fused:{b}", random_walk, b, args.images) for b in args.backends.split(",") if b]
+    paths: list[tuple[str, Callable[..., torch.Tensor], str | None, int, int]] = [
+        ("fused", random_walk, None, args.images, 1), (f"batched {args.batch}", random_walk, None, args.images, args.batch)]
+    paths += [(f"fused:{b}", random_walk, b, args.images, 1) for b in args.backends.split(",") if b]
     if not args.no_dense:
-        paths.append(("dense", dense_walk, None, min(args.dense_images, args.images)))
+        paths.append(("dense", dense_walk, None, min(args.dense_images, args.images), 1))
     results: list[dict[str, Any]] = []
     masks: dict[str, list[np.ndarray]] = {}
-    for name, walk, forced, count in paths:
+    for name, walk, forced, count, batch in paths:
         if forced == "triton" and device.type != "cuda":
             results.append({"path": name, "status": "skipped", "error": "triton on the CPU is its interpreter"})
             continue
         try:
-            row, masks[name] = run_path(walk, forced, model, samples[:count], cfg, device, args.budget_s)
+            row, masks[name] = run_path(walk, forced, model, samples[:count], cfg, device, args.budget_s, batch)
             results.append({"path": name, **row})
         except Exception as exc:  # noqa: BLE001  (a backend that cannot run here must not lose the others' rows)
             results.append({"path": name, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]})

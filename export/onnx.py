@@ -249,6 +249,8 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
                 return json.loads(prop.value)
             except json.JSONDecodeError as exc:
                 raise CheckpointError(f"{path}: metadata {METADATA_KEY!r} is not valid JSON ({exc})") from None
+            except RecursionError:
+                raise CheckpointError(f"{path}: metadata {METADATA_KEY!r} is nested too deeply") from None
     raise CheckpointError(f"{path}: no {METADATA_KEY!r} metadata; not exported by fastwsss")
 
 

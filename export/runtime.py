@@ -45,10 +45,32 @@ EXPORT_FOLDER = "export"
 
 
 def _as_list(value: Any, source: Path, key: str) -> list[float]:
-    array = np.asarray(value, dtype=np.float32).reshape(-1)
-    if array.size != 3:
-        raise CheckpointError(f"{source}: metadata {key!r} needs 3 values (R, G, B), got {array.size}")
+    try:
+        array = np.asarray(value, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{source}: metadata {key!r} is not a list of numbers ({type(exc).__name__})") from None
+    if array.size != 3 or not np.isfinite(array).all() or (key == "std" and (array <= 0).any()):
+        raise CheckpointError(f"{source}: metadata {key!r} needs 3 finite values (R, G, B), got {value!r:.80}")
     return array.tolist()
+
+
+def _class_names(meta: dict[str, Any], source: Path) -> list[str]:
+    """The metadata's class names: a list of strings (a number is taken as its text), nothing else."""
+    names = meta.get("classes") or meta.get("class_names") or []
+    if not isinstance(names, list) or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
+        raise CheckpointError(f"{source}: metadata classes must be a list of names")
+    return [str(n) for n in names]
+
+
+def _palette(value: Any, source: Path, count: int) -> np.ndarray:
+    """(N, 3) uint8 colours from the metadata: N >= count rows of three integers in 0..255."""
+    try:
+        array = np.asarray(value, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{source}: metadata palette is not a list of colours ({type(exc).__name__})") from None
+    if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] < count or ((array < 0) | (array > 255)).any():
+        raise CheckpointError(f"{source}: metadata palette needs {count} or more [R, G, B] rows of 0..255")
+    return array.astype(np.uint8)
 
 
 class Segmenter(ABC):
@@ -66,7 +88,9 @@ class Segmenter(ABC):
         self.source = Path(source)
         self.reason = reason
         self.detail = ""
-        names = [str(n) for n in meta.get("classes") or meta.get("class_names") or []]
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{source}: model metadata must be a JSON object, got {type(meta).__name__}")
+        names = _class_names(meta, self.source)
         if num_labels is not None and names and len(names) == num_labels - 1:
             names = ["background", *names]  # checkpoints store the K foreground names only
         if not names and num_labels is not None:
@@ -77,11 +101,7 @@ class Segmenter(ABC):
             raise CheckpointError(f"{source}: {len(names)} labels do not fit a uint8 mask")
         self.class_names = names
         palette = meta.get("palette")
-        self.palette = (
-            np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-            if palette is not None
-            else voc_palette(256)[: max(len(names), 1)]
-        )
+        self.palette = _palette(palette, self.source, len(names)) if palette is not None else voc_palette(256)[: max(len(names), 1)]
         mean, std = meta.get("mean"), meta.get("std")
         self.mean = _as_list(mean, self.source, "mean") if mean is not None else IMAGENET_MEAN.tolist()
         self.std = _as_list(std, self.source, "std") if std is not None else IMAGENET_STD.tolist()

@@ -220,6 +220,8 @@ def read_engine_file(path: str | Path) -> tuple[dict[str, Any], bytes]:
         header = json.loads(data[start : start + length].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: engine header is not valid JSON ({one_line(str(exc))})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: engine header is nested too deeply") from None
     if not isinstance(header, dict) or header.get("format") != HEADER_FORMAT:
         raise CheckpointError(f"{path}: engine header format is not {HEADER_FORMAT}")
     engine = data[start + length :]

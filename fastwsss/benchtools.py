@@ -2,12 +2,15 @@
 memory, JSON and tables.
 
 Timing: CUDA events around each call on GPU, `time.perf_counter` on CPU; the median and the 10th / 90th
-percentiles are reported, never a single run.
+percentiles are reported, never a single run. `time_rotated` is the kernel benchmarks' GPU method (see
+docs/gpu.md): the L2 cache flushed before every repetition, several input sets rotated, and short calls
+batched between one pair of events so that a microsecond op measures the kernel, not the launch.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -99,6 +102,63 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> float:
 
 def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int) -> Timing:
     return summarize([time_once(fn, device) for _ in range(max(1, repeats))])
+
+
+def l2_bytes(device: torch.device) -> int:
+    """The GPU's L2 cache size (0 on the CPU, or where torch does not report it)."""
+    if device.type != "cuda":
+        return 0
+    return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0))
+
+
+@dataclass
+class RotatedTiming(Timing):
+    inner_calls: int
+    input_sets: int
+    l2_flush_bytes: int
+
+
+def time_rotated(
+    calls: Sequence[Callable[[], Any]], device: torch.device, repeats: int, min_batch_ms: float = 1.0,
+    max_inner: int = 200,
+) -> RotatedTiming:  # fmt: skip
+    """Per-call milliseconds of `calls` (one per input set, used in rotation), after one warm-up call of each.
+
+    CUDA: a buffer of twice the L2 size is overwritten before every repetition (outside the timed region), so
+    each repetition starts with cold caches; calls shorter than `min_batch_ms` run `inner` times between one
+    pair of events (rotating through the input sets, whose total size should exceed the L2) and the time is
+    divided by `inner`; no synchronisation inside the repetitions, one at the end. CPU: perf_counter around
+    each call, no flush, no batching.
+    """
+    if not calls:
+        raise ValueError("time_rotated needs at least one call")
+    for call in calls:
+        call()
+    if device.type != "cuda":
+        samples = []
+        for r in range(max(1, repeats)):
+            begin = time.perf_counter()
+            calls[r % len(calls)]()
+            samples.append((time.perf_counter() - begin) * 1e3)
+        t = summarize(samples)
+        return RotatedTiming(t.median_ms, t.p10_ms, t.p90_ms, t.repeats, 1, len(calls), 0)
+    flush = torch.empty(max(2 * l2_bytes(device), 2**20) // 4, dtype=torch.float32, device=device)
+    estimate = time_once(calls[0], device)
+    inner = max(1, min(max_inner, math.ceil(min_batch_ms / max(estimate, 1e-4))))
+    events = []
+    turn = 0
+    for _ in range(max(1, repeats)):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            calls[turn % len(calls)]()
+            turn += 1
+        end.record()
+        events.append((start, end))
+    synchronize(device)
+    t = summarize([float(s.elapsed_time(e)) / inner for s, e in events])
+    return RotatedTiming(t.median_ms, t.p10_ms, t.p90_ms, t.repeats, inner, len(calls), flush.numel() * 4)
 
 
 def _read_status_kib(field: str) -> int:

@@ -1,6 +1,6 @@
 """Multi-scale, flip-summed class activation maps of one image (ALGORITHMS.md section 2).
 
-For every scale s the image is resized to (round(H*s), round(W*s)), the pair [x, hflip(x)] goes through
+For every scale s the image is resized to (round(H*s), round(W*s)), at least 1 x 1, the pair [x, hflip(x)] goes through
 `CAMNet.cam`, and `A = cam[0] + hflip(cam[1])`. The A of all scales are resized (bilinear,
 align_corners=False) and summed at two sizes:
     cam4:     the stride-4 grid ((H-1)//4+1, (W-1)//4+1), used by the random walk;
@@ -118,7 +118,7 @@ def multiscale_cam(
         cam4 = torch.zeros((1, keys.size, *size4), device=device)
         high = torch.zeros((1, keys.size, *padded16_size(height, width)), device=device)
         for scale in scales:
-            scaled = resize_image(x, (round(height * scale), round(width * scale)))
+            scaled = resize_image(x, (max(1, round(height * scale)), max(1, round(width * scale))))
             a = _flip_pair_cam(model, scaled, extra).float().index_select(0, index).unsqueeze(0)
             cam4 += F.interpolate(a, size=size4, mode="bilinear", align_corners=False)
             high += F.interpolate(a, size=high.shape[-2:], mode="bilinear", align_corners=False)

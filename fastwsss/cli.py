@@ -32,6 +32,12 @@ app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+RESUME_HINTS = {
+    "train": "rerun the same command with --resume to continue",
+    "segment": "the masks written so far are kept; rerun the same command to do the rest (existing masks are skipped)",
+}
+"""What Ctrl-C tells the user, per command: only `train` has --resume."""
+
 
 def friendly_errors(func: F) -> F:
     """Turn fastwsss errors into one red line and exit code 2, and Ctrl-C into a resume hint."""
@@ -45,11 +51,12 @@ def friendly_errors(func: F) -> F:
             # instead of killing it while it reports.
             raise typer.Exit(0) from None
         except FastwsssError as exc:
-            console.print(f"[red]error:[/red] {escape(rank_prefix())}{one_line(str(exc))}", markup=True, highlight=False,
+            console.print(f"[red]error:[/red] {escape(rank_prefix() + one_line(str(exc)))}", markup=True, highlight=False,
                           soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted:[/yellow] rerun the same command with --resume to continue")
+            hint = RESUME_HINTS.get(func.__name__, "what was finished is kept")
+            console.print(f"[yellow]interrupted:[/yellow] {hint}")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -71,6 +78,15 @@ def apply_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
     return config
 
 
+def absolute(path: Path | None) -> str | None:
+    """A path option as stored in config.json: absolute, so that eval, report and export of the run work
+    from any folder."""
+    return str(path.absolute()) if path is not None else None
+
+
+PATH_SETTINGS = ("data.root", "data.cls_labels", "cls.weights", "irn.weights", "seg.weights")
+
+
 def check_resume_options(saved: RunConfig, options: dict[str, Any], rundir: Path) -> None:
     """With --resume the saved config wins; an explicit option that disagrees with it is an error, not ignored."""
     for dotted, value in options.items():
@@ -79,6 +95,8 @@ def check_resume_options(saved: RunConfig, options: dict[str, Any], rundir: Path
         current: Any = saved
         for name in dotted.split("."):
             current = getattr(current, name)
+        if dotted in PATH_SETTINGS and isinstance(current, str) and Path(current).absolute() == Path(value).absolute():
+            continue  # a run saved with a relative path, resumed from the same folder
         if current != value:
             raise ConfigError(
                 f"{dotted}: --resume uses {rundir / 'config.json'} where it is {current!r}, but you passed "
@@ -146,10 +164,10 @@ def train(
 
     options = {
         "method": method, "seed": seed, "device": device, "conta.rounds": rounds,
-        "data.name": data, "data.root": str(root) if root else None, "data.num_workers": num_workers,
-        "data.cls_labels": str(cls_labels) if cls_labels else None,
-        "cls.weights": str(weights) if weights else None, "cls.backbone": backbone, "cls.epochs": epochs,
-        "cls.batch_size": batch_size, "cls.lr": lr, "seg.weights": str(seg_weights) if seg_weights else None,
+        "data.name": data, "data.root": absolute(root), "data.num_workers": num_workers,
+        "data.cls_labels": absolute(cls_labels),
+        "cls.weights": absolute(weights), "cls.backbone": backbone, "cls.epochs": epochs,
+        "cls.batch_size": batch_size, "cls.lr": lr, "seg.weights": absolute(seg_weights),
     }
     if data in ("voc", "coco") and preset == "synthetic":
         preset = data
@@ -248,7 +266,7 @@ def _print_metrics(rundir: Path, verbose: bool) -> None:
 
     rows = open_run_dir(rundir).metrics()
     if not latest_rows(rows):
-        console.print(f"{rundir}: no scored outputs yet")
+        console.print(escape(f"{rundir}: no scored outputs yet"), soft_wrap=True)
         return
     console.print(metrics_table(rows, title=f"{rundir}: mIoU (%)"))
     if verbose:
@@ -341,9 +359,9 @@ def data_synth(
                         max_objects=max_objects, seed=seed)
     validate(RunConfig(data=DataConfig(synth=synth)))
     root = generate_synthetic(out, synth)
-    console.print(f"wrote {root}")
+    console.print(escape(f"wrote {root}"), soft_wrap=True)
     if preview:
-        console.print(f"preview: {write_preview(root, root / 'preview.png')}")
+        console.print(escape(f"preview: {write_preview(root, root / 'preview.png')}"), soft_wrap=True)
 
 
 @data_app.command("coco-masks")
@@ -356,7 +374,7 @@ def data_coco_masks(
     from fastwsss.data.coco import convert_instances_to_masks
 
     written = convert_instances_to_masks(instances, out)
-    console.print(f"wrote {written} masks to {out}")
+    console.print(escape(f"wrote {written} masks to {out}"), soft_wrap=True)
 
 
 @app.command("export")
@@ -400,6 +418,9 @@ def segment(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Also say which files were converted (CMYK, 16-bit, ...)")] = False,
     nproc: Annotated[int, typer.Option(help="Processes to start with torchrun, each segmenting a share of the images "
         "on its own GPU")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace masks already in --out (else such images are skipped)")] = False,
+    memory_budget: Annotated[str | None, typer.Option(help="Memory the images of one batch may use, e.g. 4G "
+        "(default: half of the memory available at start); batches are sized from the images' pixel counts")] = None,
 ) -> None:
     """Segment images with a trained model: palette PNG masks named after the inputs, then images/s.
 
@@ -408,9 +429,12 @@ def segment(
       fastwsss segment photos/ --model runs/c2am-voc --out masks/ --overlay
     """
     from fastwsss.commands.segment import segment_command
+    from fastwsss.commands.segment_memory import parse_bytes
 
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
     start_processes(nproc, device)
-    code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam, device=device, verbose=verbose)
+    code = segment_command(images, model, out, backend, batch_size, recursive, overlay, cam, device=device, verbose=verbose,
+                           overwrite=overwrite, memory_budget=budget)
     if code:
         raise typer.Exit(code)
 
@@ -489,6 +513,7 @@ def bench_kernels(
     only: Annotated[str | None, typer.Option(help="Comma-separated ops: cam_norm,confounder_attention,random_walk")] = None,
     compile: Annotated[bool, typer.Option(help="Also time torch.compile of the reference")] = True,
     dense: Annotated[bool, typer.Option(help="Also time IRNet's dense random walk (slow: minutes on a CPU)")] = False,
+    tiny: Annotated[bool, typer.Option(help="Toy sizes: checks that every path runs, times nothing useful")] = False,
 ) -> None:
     """Time every kernel backend that can run here next to eager PyTorch and torch.compile.
 
@@ -497,14 +522,14 @@ def bench_kernels(
       fastwsss bench kernels --device cuda --json bench/results/kernels-h100.json
     """
     from fastwsss.benchtools import pick_device
-    from fastwsss.kernel_bench import CASES, run_kernel_bench
+    from fastwsss.kernel_bench import CASES, TINY_CASES, run_kernel_bench
 
     ops = [o.strip() for o in only.split(",")] if only else None
-    known = sorted({c.op for c in CASES})
+    known = sorted({c.op for c in CASES + TINY_CASES})
     for op in ops or []:
         if op not in known:
             raise ConfigError(f"--only: unknown op {op!r}; valid: {', '.join(known)}")
-    run_kernel_bench(pick_device(device), repeats, ops, compile, dense, json_path)
+    run_kernel_bench(pick_device(device), repeats, ops, compile, dense, json_path, tiny)
 
 
 def main() -> None:

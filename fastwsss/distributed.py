@@ -105,8 +105,14 @@ def init_from_env(device: torch.device) -> torch.device:
     dies with its launcher (`die_with_launcher`).
     """
     launched = launched_world()
+    if launched.size < 1 or not 0 <= launched.rank < launched.size or launched.local_rank < 0:
+        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK: rank {launched.rank} of {launched.size} is not a valid process")
     if not launched.distributed:
         return device
+    if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise ConfigError(
+            f"WORLD_SIZE={launched.size}: set without torchrun (no MASTER_ADDR / MASTER_PORT); unset it, or use --nproc"
+        )
     die_with_launcher()
     if device.type == "cuda":
         if launched.local_rank >= torch.cuda.device_count():

@@ -80,7 +80,7 @@ def append_jsonl(path: str | Path, obj: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete line of a JSONL file; a torn last line (killed writer) is skipped."""
+    """Every complete line of a JSONL file; a torn last line (killed writer) or a line that is no JSON is skipped."""
     path = Path(path)
     if not path.exists():
         return []
@@ -90,6 +90,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # a torn line, or one nested too deeply to be a row
             continue
     return rows

@@ -15,9 +15,11 @@ from fastwsss.distributed import all_gather, barrier, init_from_env, on_main, wo
 from fastwsss.environment import environment_record, training_source
 from fastwsss.errors import ConfigError
 from fastwsss.progress import log
+from fastwsss.run_checks import check_new_run
 from fastwsss.rundir import RunDir, create_or_resume
 from fastwsss.stages import plan, stages_for
 from fastwsss.stages.context import StageContext, StepHook, resolve_device
+from fastwsss.stages.per_image import missing_outputs
 from fastwsss.weights import check_pretrained
 
 
@@ -60,9 +62,19 @@ def run_pipeline(
     out = Path(all_gather(str(out) if out is not None else str(Path("runs") / default_run_name(config)))[0])
     locked: list[RunDir] = []
 
+    names = [stage.name for stage in stages_for(config.method, stages)]
+
     def create() -> dict:
+        if not (resume and (Path(out) / "config.json").is_file()):
+            check_new_run(config, names)  # before config.json exists: a failed check leaves no directory behind
         run, saved = create_or_resume(out, config, resume)  # rank 0 alone locks and writes config.json
         locked.append(run)
+        if saved is not config:
+            try:
+                check_new_run(saved, names)
+            except BaseException:
+                run.unlock()
+                raise
         return saved.to_dict()
 
     config = config_from_dict(on_main(create))
@@ -80,8 +92,11 @@ def run_pipeline(
             view = run if round_ is None else run.round_view(round_)
             name = stage.name if round_ is None else f"round {round_}: {stage.name}"
             if resume and stage.folder and view.is_done(stage.folder):
-                log(f"[dim]{name}: already finished, skipped[/dim]")
-                continue
+                missing = on_main(lambda view=view, stage=stage: missing_outputs(view, config, stage.folder))
+                if not missing:
+                    log(f"{name}: already finished, skipped", style="dim")
+                    continue
+                log(f"{name}: marked finished but {len(missing)} output(s) are missing (first: {missing[0]}); redoing them")
             ctx = StageContext(config=config, run=view, device=device, resume=resume, on_step=on_step, round=round_)
             started = time.perf_counter()
             if stage.all_ranks:

@@ -65,10 +65,11 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
             progress.advance(task)
 
 
-def log(message: str) -> None:
-    """A progress message; in a multi-process run only rank 0 prints (every rank does the same work)."""
+def log(message: str, style: str | None = None) -> None:
+    """A progress message, shown as it is (paths and ids may hold "[...]"); in a multi-process run only rank 0
+    prints (every rank does the same work)."""
     if _rank() == 0:
-        console.print(message, soft_wrap=True)
+        console.print(escape(message), style=style, soft_wrap=True)
 
 
 def warn(message: str) -> None:

@@ -41,7 +41,7 @@ from fastwsss.report_charts import (
     thumb_size,
     thumbnail,
 )
-from fastwsss.rundir import RunDir, open_run_dir, round_folder
+from fastwsss.rundir import RunDir, id_file, open_run_dir, round_folder
 from fastwsss.summary import latest_rows
 
 THUMB = 160
@@ -209,7 +209,7 @@ def _class_charts(info: RunInfo) -> str:
     for t in rounds:
         charts = "".join(chart(r) for r in rows if r.get("round") == t)
         parts.append(
-            f"<details{' open' if t == rounds[-1] else ''}><summary>round {t}</summary>"
+            f"<details{' open' if t == rounds[-1] else ''}><summary>round {escape(str(t))}</summary>"
             f'<div class="charts">{charts}</div></details>'
         )
     return "".join(parts)
@@ -312,9 +312,9 @@ def _overlay_row(source: SegmentationSource, image_id: str, folder: Path, config
     k = source.num_classes
     pieces: list[tuple[str, Callable[[], np.ndarray]]] = [
         ("ground truth", lambda: source.load_mask(image_id)),
-        ("CAM seeds", lambda: _cam_seeds(folder / "cams" / f"{image_id}.npz", config.eval.cam_bg_threshold)),
-        ("pseudo mask", lambda: _mask_file(folder / "pseudo" / f"{image_id}.png", k)),
-        ("seg prediction", lambda: _mask_file(folder / "seg" / "pred" / f"{image_id}.png", k)),
+        ("CAM seeds", lambda: _cam_seeds(id_file(folder / "cams", image_id, ".npz"), config.eval.cam_bg_threshold)),
+        ("pseudo mask", lambda: _mask_file(id_file(folder / "pseudo", image_id, ".png"), k)),
+        ("seg prediction", lambda: _mask_file(id_file(folder / "seg" / "pred", image_id, ".png"), k)),
     ]
     masks: list[np.ndarray | str] = []
     for _, load in pieces:

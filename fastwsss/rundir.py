@@ -19,12 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from fastwsss.config import RunConfig, config_from_dict
+from fastwsss.data.base import check_image_id
 from fastwsss.distributed import is_main
-from fastwsss.errors import RunDirError
+from fastwsss.errors import ConfigError, RunDirError
 from fastwsss.io import append_jsonl, read_jsonl, remove_orphan_temps, write_json
 
 ENVIRONMENT_FILE = "environment.jsonl"
 """One row per start of the run (fastwsss.environment)."""
+
+
+def id_file(folder: Path, image_id: str, suffix: str) -> Path:
+    """The file `folder/<image_id><suffix>` of a per-image output (cams/<id>.npz, pseudo/<id>.png, ...).
+
+    Every stage turns ids into paths here, so an id that is a path ("../../victim/x", "/etc/x") can never
+    place a file outside `folder`, whichever data set it came from (fastwsss.data.base.check_image_id).
+    """
+    return folder / f"{check_image_id(image_id, folder)}{suffix}"
 
 
 def round_folder(round_: int) -> str:
@@ -76,9 +86,16 @@ class RunDir:
             values = json.loads(self.config_path.read_text())
         except FileNotFoundError:
             raise RunDirError(f"{self.config_path}: not found; is {self.path} a fastwsss run directory?") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RunDirError(f"{self.config_path}: not valid JSON ({exc})") from None
-        return config_from_dict(values)
+        except RecursionError:
+            raise RunDirError(f"{self.config_path}: JSON nested too deeply") from None
+        except OSError as exc:
+            raise RunDirError(f"{self.config_path}: cannot read ({exc.strerror or exc})") from None
+        try:
+            return config_from_dict(values)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.config_path}: {exc}") from None
 
     def save_config(self, config: RunConfig) -> None:
         if not is_main():
@@ -154,7 +171,11 @@ def create_or_resume(path: str | Path, config: RunConfig, resume: bool) -> tuple
     Without --resume an existing run is refused, so nothing a user had is overwritten.
     """
     run = RunDir(Path(path))
+    if run.path.exists() and not run.path.is_dir():
+        raise RunDirError(f"{run.path} is a file, not a run directory; choose another --out")
     exists = run.config_path.is_file()
+    if resume and not exists:
+        raise RunDirError(f"{run.path}: no run to resume here (no config.json); check --out, or drop --resume")
     if exists and not resume:
         raise RunDirError(f"{run.path} already holds a run; pass --resume to continue it, or choose another --out")
     if run.path.exists() and not exists and any(p.name != ".lock" for p in run.path.iterdir()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 STAGE_ORDER = {"cam": 0, "ir_label": 1, "pseudo": 2, "seg": 3}
 
@@ -13,39 +14,54 @@ def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The most recent scored row per (stage, split, round), in pipeline order."""
     latest: dict[tuple, dict[str, Any]] = {}
     for row in rows:
-        if row.get("miou") is None:
+        if not isinstance(row, dict) or row.get("miou") is None:
             continue
-        latest[(row.get("stage"), row.get("split"), row.get("round"))] = row
-    return sorted(latest.values(), key=lambda r: (r.get("round") or 0, STAGE_ORDER.get(r.get("stage"), 9), r.get("split", "")))
+        key = (row.get("stage"), row.get("split"), row.get("round"))
+        if not all(part is None or isinstance(part, (str, int)) for part in key):
+            continue  # a hand-edited row: stage, split and round must be plain values
+        latest[key] = row
+
+    def order(row: dict[str, Any]) -> tuple:
+        round_ = row.get("round")
+        return (round_ if isinstance(round_, int) else 0, STAGE_ORDER.get(row.get("stage"), 9), str(row.get("split")))
+
+    return sorted(latest.values(), key=order)
 
 
 def percent(value: Any) -> str:
-    """A fraction as a percentage with one decimal; '-' for None or NaN."""
-    return "-" if value is None or value != value else f"{100 * value:.1f}"
+    """A fraction as a percentage with one decimal; '-' for None, NaN or anything that is not a number."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return "-"
+    return f"{100 * value:.1f}"
+
+
+def plain(value: Any) -> Text:
+    """A table cell or title shown as it is: text from metrics.jsonl or a path is never read as rich markup."""
+    return Text(str(value))
 
 
 def metrics_table(rows: list[dict[str, Any]], title: str = "mIoU (%)") -> Table:
-    table = Table(title=title)
+    table = Table(title=plain(title))
     for column in ("stage", "split", "method", "round", "mIoU", "best thr / mIoU", "images"):
         table.add_column(column, justify="right" if column in ("mIoU", "images") else "left")
     for row in latest_rows(rows):
         best = ""
-        if row.get("best_miou") is not None:
+        if row.get("best_miou") is not None and percent(row.get("best_bg_threshold")) != "-":
             best = f"{row['best_bg_threshold']:.2f} / {percent(row['best_miou'])}"
-        table.add_row(
-            str(row.get("stage")), str(row.get("split")), str(row.get("method")),
-            "-" if row.get("round") is None else str(row["round"]), percent(row.get("miou")), best, str(row.get("images", "")),
-        )
+        cells = (row.get("stage"), row.get("split"), row.get("method"), "-" if row.get("round") is None else row["round"],
+                 percent(row.get("miou")), best, row.get("images", ""))
+        table.add_row(*(plain(cell) for cell in cells))
     return table
 
 
 def per_class_table(row: dict[str, Any]) -> Table:
-    names = row.get("class_names") or [str(i) for i in range(len(row["per_class_iou"]))]
-    table = Table(title=f"{row['stage']} / {row['split']}: IoU per class (%)")
+    values = row.get("per_class_iou") if isinstance(row.get("per_class_iou"), list) else []
+    names = row.get("class_names") if isinstance(row.get("class_names"), list) else [str(i) for i in range(len(values))]
+    table = Table(title=plain(f"{row.get('stage')} / {row.get('split')}: IoU per class (%)"))
     table.add_column("class")
     table.add_column("IoU", justify="right")
-    for name, value in zip(names, row["per_class_iou"], strict=False):
-        table.add_row(name, percent(value))
+    for name, value in zip(names, values, strict=False):
+        table.add_row(plain(name), percent(value))
     return table
 
 
@@ -68,7 +84,7 @@ def compare_table(runs: list[tuple[str, list[dict[str, Any]]]]) -> Table:
     for column in ("stage", "split", "round"):
         table.add_column(column)
     for name, _ in latest:
-        table.add_column(name, justify="right")
+        table.add_column(plain(name), justify="right")
     base = latest[0][1]
     for key in keys:
         cells = []
@@ -78,5 +94,5 @@ def compare_table(runs: list[tuple[str, list[dict[str, Any]]]]) -> Table:
             if index and value is not None and key in base and base[key]["miou"] is not None:
                 cell += f" ({100 * (value - base[key]['miou']):+.1f})"
             cells.append(cell)
-        table.add_row(key[0], key[1], "-" if key[2] is None else str(key[2]), *cells)
+        table.add_row(plain(key[0]), plain(key[1]), plain("-" if key[2] is None else key[2]), *cells)
     return table

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastwsss.distributed import mean_over_ranks, split_batch, world
 from fastwsss.errors import CheckpointError, DataError, FastwsssError
-from fastwsss.io import atomic_path
+from fastwsss.models.checkpoint import save_torch_file, verify_checksum
 from fastwsss.progress import log, make_progress, warn
 from fastwsss.stages.context import StageContext
 
@@ -137,6 +137,7 @@ def _resume(ctx: StageContext, job: TrainJob, module: nn.Module) -> tuple[int, i
         return 0, 0
     try:
         state = torch.load(job.last_path, map_location=ctx.device, weights_only=True)
+        verify_checksum(state, job.last_path)
         module.load_state_dict(state["model"])
         job.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -219,9 +220,8 @@ def run_epochs(ctx: StageContext, job: TrainJob) -> int:
                    "loss": total / max(count, 1), "miou": None, "per_class_iou": None}
             # The row travels in last.pt so that a kill between the two writes cannot lose it (see _resume).
             if world().is_main:
-                with atomic_path(job.last_path) as tmp:
-                    torch.save({"model": module.state_dict(), "optimizer": job.optimizer.state_dict(),
-                                "epoch": epoch, "step": step, "rng": rng_state(), "metrics_row": row}, tmp)
+                save_torch_file({"model": module.state_dict(), "optimizer": job.optimizer.state_dict(),
+                                 "epoch": epoch, "step": step, "rng": rng_state(), "metrics_row": row}, job.last_path)
             ctx.run.log_metric(row)
     del forward  # a DistributedDataParallel reducer must not outlive the process group (distributed.shutdown)
     return step

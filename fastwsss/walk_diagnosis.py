@@ -35,7 +35,7 @@ from fastwsss.kernels.random_walk import random_walk
 from fastwsss.metrics import ConfusionMeter
 from fastwsss.models.irn import load_irn
 from fastwsss.progress import track, warn
-from fastwsss.rundir import open_run_dir
+from fastwsss.rundir import id_file, open_run_dir
 from fastwsss.stages.pseudo import walk_to_mask
 
 
@@ -92,8 +92,8 @@ def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") ->
     for image_id in track(source.ids[:images], "diagnose: walk"):
         try:
             image, gt = source.load_pair(image_id)
-            cams = load_cam_npz(run.path / "cams" / f"{image_id}.npz")
-            ir_label = read_label_png(run.path / "ir_labels" / f"{image_id}.png", source.num_classes)
+            cams = load_cam_npz(id_file(run.path / "cams", image_id, ".npz"))
+            ir_label = read_label_png(id_file(run.path / "ir_labels", image_id, ".png"), source.num_classes)
         except (FastwsssError, OSError) as exc:
             warn(f"diagnose: {image_id}: {exc}; left out")
             continue
@@ -111,9 +111,9 @@ def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") ->
         for edge_name, boundary in (("irn", edge), ("ground-truth", gt_border.float())):
             for step_name, exp_times in steps.items():
                 walked = random_walk(cam4, boundary, beta=p.beta, exp_times=exp_times, radius=p.radius)
-                meters[f"{edge_name} edge, {step_name} walk"].update(walk_to_mask(walked, cams.keys, size, p.bg_threshold), gt)
+                meters[f"{edge_name} edge, {step_name} walk"].update(walk_to_mask(walked, cams.keys, size, p.bg_threshold, p.bg_rule), gt)
         unwalked = random_walk(cam4, edge, beta=p.beta, exp_times=0, radius=p.radius)
-        meters["no walk"].update(walk_to_mask(unwalked, cams.keys, size, p.bg_threshold), gt)
+        meters["no walk"].update(walk_to_mask(unwalked, cams.keys, size, p.bg_threshold, p.bg_rule), gt)
         used += 1
     if used == 0:
         raise DataError(f"{run.path}: no image had a CAM, an IR label and a mask; run the pipeline up to irn first")

@@ -22,9 +22,13 @@ steps; ROWS, BLOCK and num_warps are fixed by a small heuristic on n, no autotun
 * Few planes or small planes (one "chunk" per plane): one fused launch, two passes per program (max, then
   scale; the second pass mostly hits L2).
 * Big planes and too few planes to fill the GPU: each plane is split into C chunks; a first launch writes
-  the partial maxima (P, C), a second one reduces the C partials of its planes and scales its chunk.
+  the partial maxima (P, C), a second one reduces the C partials of its planes and scales its chunk. On a
+  GPU the two launches run per group of planes that fits in a third of the L2 (contiguous inputs), so the
+  second read hits the cache: ~2N bytes from memory instead of 3N (target: 80% of copy bandwidth, docs/gpu.md).
 `cam_norm_seeds` always runs the partial-maxima launch, then one program per (image, pixel block) loops
 over the K planes, keeping the running best value and its plane index.
+NaN and inf follow the reference: a plane holding a NaN normalises to NaN (the maxima propagate NaN, which
+`tl.max` and `tl.maximum` drop by default), and the seed argmax takes the first NaN plane like torch.argmax.
 The output of `cam_norm` is contiguous (the reference keeps the input's memory format; values are equal).
 Empty inputs (a zero-size dimension) give empty outputs (all-background labels when K = 0) without a launch.
 Under TRITON_INTERPRET=1 the fp32 -> bf16 store truncates instead of rounding to nearest (an interpreter
@@ -103,6 +107,13 @@ _PROGRAMS_PER_SM = 4
 if triton is not None:
 
     @triton.jit
+    def _nan_max(values, axis: tl.constexpr):
+        """tl.max over `axis` that returns NaN where a NaN is among the values, like torch.amax (tl.max drops
+        NaN: the reference turns a plane holding a NaN into NaN, and so must the kernels)."""
+        has_nan = tl.max((values != values).to(tl.int32), axis=axis) > 0
+        return tl.where(has_nan, float("nan"), tl.max(values, axis=axis))
+
+    @triton.jit
     def _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS: tl.constexpr):
         """Element offsets of pixels `cols` (flat h * W + w) of planes `rows` (flat b * K + k): [ROWS, BLOCK]."""
         row_base = (rows // K).to(tl.int64) * stride_b + (rows % K).to(tl.int64) * stride_k
@@ -137,8 +148,8 @@ if triton is not None:
             mask = row_mask[:, None] & (cols < n_pixels)[None, :]
             offs = _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS)
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            acc = tl.maximum(acc, x)
-        return tl.max(acc, axis=1)
+            acc = tl.maximum(acc, x, propagate_nan=tl.PropagateNan.ALL)
+        return _nan_max(acc, 1)
 
     @triton.jit
     def _relu_scale(
@@ -168,7 +179,7 @@ if triton is not None:
             mask = row_mask[:, None] & (cols < n_pixels)[None, :]
             offs = _plane_offsets(rows, cols, K, W, stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS)
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            y = tl.math.div_rn(tl.maximum(x, 0.0), denom_tile)
+            y = tl.math.div_rn(tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL), denom_tile)
             out_offs = out_base[:, None] + cols[None, :]
             tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -259,7 +270,7 @@ if triton is not None:
             mask=row_mask[:, None] & (c < n_chunks)[None, :],
             other=0.0,
         )
-        peak = tl.max(partial, axis=1)
+        peak = _nan_max(partial, 1)
         start = tl.program_id(1) * chunk
         _relu_scale(
             x_ptr, out_ptr, peak + eps, rows, row_mask, start, start + chunk, n_pixels, K, W,
@@ -301,10 +312,12 @@ if triton is not None:
         partial_offs = b.to(tl.int64) * K * n_chunks + c  # partial maxima of plane (b, k)
         for k in range(0, K):
             partial = tl.load(partial_ptr + partial_offs, mask=c_mask, other=0.0)
-            denom = tl.max(partial, axis=0) + eps
+            denom = _nan_max(partial, 0) + eps
             x = tl.load(x_ptr + x_offs, mask=col_mask, other=0.0).to(tl.float32)
-            value = tl.math.div_rn(tl.maximum(x, 0.0), tl.broadcast_to(denom, (BLOCK,)))
-            better = value > best  # strictly greater: ties stay with the lower plane
+            value = tl.math.div_rn(tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL), tl.broadcast_to(denom, (BLOCK,)))
+            # Strictly greater: ties stay with the lower plane. NaN wins over numbers and the first NaN stays,
+            # as in torch.argmax (the reference).
+            better = (value > best) | ((value != value) & (best == best))
             best = tl.where(better, value, best)
             label = tl.where(better, k + 1, label)
             x_offs += stride_k
@@ -319,6 +332,23 @@ def _next_pow2(n: int) -> int:
 @functools.lru_cache(maxsize=16)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=16)
+def _l2_bytes(device_index: int) -> int:
+    return int(getattr(torch.cuda.get_device_properties(device_index), "L2_cache_size", 0))
+
+
+def _plane_groups(n_planes: int, plane_bytes: int, budget_bytes: int) -> list[tuple[int, int]]:
+    """Consecutive plane ranges of at most `budget_bytes` each (at least one plane), or one range without a budget.
+
+    The split scheme reads every plane twice (maxima, then scaling): run on groups that fit in the L2, the second
+    read hits the cache and the kernel moves ~2N bytes from memory instead of 3N.
+    """
+    if budget_bytes <= 0 or n_planes * plane_bytes <= budget_bytes:
+        return [(0, n_planes)]
+    per_group = max(1, budget_bytes // max(1, plane_bytes))
+    return [(start, min(start + per_group, n_planes)) for start in range(0, n_planes, per_group)]
 
 
 def _target_programs(cams: torch.Tensor) -> int:
@@ -379,8 +409,11 @@ def _on_device(cams: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.cuda.device(cams.device) if cams.is_cuda else contextlib.nullcontext()
 
 
-def _cam_norm_triton(cams: torch.Tensor, eps: float = 1e-5, *, n_chunks: int | None = None) -> torch.Tensor:
-    """Triton `cam_norm` (see the module docstring); `n_chunks` forces the per-plane split (tests)."""
+def _cam_norm_triton(
+    cams: torch.Tensor, eps: float = 1e-5, *, n_chunks: int | None = None, group_bytes: int | None = None
+) -> torch.Tensor:
+    """Triton `cam_norm` (see the module docstring); `n_chunks` forces the per-plane split and `group_bytes` the
+    plane groups of the split scheme (tests; by default a third of the GPU's L2, no groups on the CPU)."""
     _check(cams)
     out = torch.empty(cams.shape, dtype=cams.dtype, device=cams.device)
     if out.numel() == 0:
@@ -398,13 +431,35 @@ def _cam_norm_triton(cams: torch.Tensor, eps: float = 1e-5, *, n_chunks: int | N
                 PLANE_CONTIGUOUS=contiguous, ROWS=rows, BLOCK=block, num_warps=num_warps,
             )  # fmt: skip
             return out
-        partial, chunk, n_chunks, rows, block, num_warps = _partial_maxima(cams, wanted)
-        _cam_norm_scale_kernel[(tiles, n_chunks)](
-            cams, partial, out, n_planes, n_pixels, k_, w_, sb, sk, sh, sw, chunk, n_chunks, float(eps),
-            PLANE_CONTIGUOUS=contiguous, ROWS=rows, BLOCK=block, CHUNKS_BLOCK=max(2, _next_pow2(n_chunks)),
-            num_warps=num_warps,
-        )  # fmt: skip
+        budget = group_bytes if group_bytes is not None else _l2_budget(cams)
+        groups = _plane_groups(n_planes, n_pixels * cams.element_size(), budget)
+        if len(groups) > 1 and cams.is_contiguous():  # planes as (P, 1, H, W) rows that slice into groups
+            flat_in, flat_out = cams.view(n_planes, 1, h, w), out.view(n_planes, 1, h, w)
+            for start, stop in groups:
+                _split_scale(flat_in[start:stop], flat_out[start:stop], eps, None if n_chunks is None else wanted)
+        else:
+            _split_scale(cams, out, eps, wanted)
     return out
+
+
+def _l2_budget(cams: torch.Tensor) -> int:
+    """Bytes of input per group of the split scheme: a third of the L2 (0, no grouping, off the GPU)."""
+    if not cams.is_cuda:
+        return 0
+    return _l2_bytes(cams.device.index if cams.device.index is not None else torch.cuda.current_device()) // 3
+
+
+def _split_scale(cams: torch.Tensor, out: torch.Tensor, eps: float, n_chunks: int | None) -> None:
+    """The split scheme on `cams` (contiguous `out`): partial maxima per chunk, then scaling per chunk."""
+    batch, k, h, w = cams.shape
+    n_planes, n_pixels = batch * k, h * w
+    k_, w_, sb, sk, sh, sw, contiguous = _launch_args(cams)
+    partial, chunk, n_chunks, rows, block, num_warps = _partial_maxima(cams, n_chunks)
+    _cam_norm_scale_kernel[(math.ceil(n_planes / rows), n_chunks)](
+        cams, partial, out, n_planes, n_pixels, k_, w_, sb, sk, sh, sw, chunk, n_chunks, float(eps),
+        PLANE_CONTIGUOUS=contiguous, ROWS=rows, BLOCK=block, CHUNKS_BLOCK=max(2, _next_pow2(n_chunks)),
+        num_warps=num_warps,
+    )  # fmt: skip
 
 
 def _cam_norm_seeds_triton(

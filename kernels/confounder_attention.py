@@ -462,6 +462,6 @@ def confounder_attention(
     """
     _check(xm, w1, w2, confounders, prior)
     backend = kernel_backend(xm, OP)
-    if backend == "triton" and forced_backend() is None and _has_float64(xm, w1, w2, confounders, prior):
+    if backend == "triton" and forced_backend(OP) is None and _has_float64(xm, w1, w2, confounders, prior):
         backend = "reference"
     return _IMPLEMENTATIONS[backend](xm, w1, w2, confounders, prior)

@@ -17,13 +17,16 @@ def _extension():  # noqa: ANN202 - a compiled module
 
 
 def cam_norm_cuda(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """csrc/cam_norm.cu: fp32 in the kernel, the input dtype out (same contract as cam_norm_reference)."""
-    return _extension().cam_norm(cams.float().contiguous(), float(eps)).to(cams.dtype)
+    """csrc/cam_norm.cu: fp32, fp16 and bf16 read and written in their own dtype, fp32 inside (the contract of
+    cam_norm_reference); fp64 goes through fp32 like the reference computes it."""
+    if cams.dtype == torch.float64:
+        return _extension().cam_norm(cams.float().contiguous(), float(eps)).double()
+    return _extension().cam_norm(cams.contiguous(), float(eps))
 
 
 WALK_LAUNCHES = {"auto": 0, "steps": 1, "persistent": 2}
 """csrc/random_walk.cu's launch schemes: "persistent" (one cooperative launch, a grid barrier between steps),
-"steps" (one launch per step), "auto" (persistent where the device can launch cooperatively)."""
+"steps" (one launch per step), "auto" (persistent where the cooperative launch succeeds, else per step)."""
 
 
 def random_walk_steps_cuda(

@@ -33,7 +33,7 @@ from fastwsss.affinity import (
     path_offsets,
 )
 from fastwsss.kernels.cuda_ext import random_walk_steps_cuda
-from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends
+from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends, triton_runs_on
 
 OP = "random_walk"
 DENSE_MAX_PIXELS = 4096
@@ -227,10 +227,12 @@ def random_walk_reference_dense(
 #   sum_t weights[t] * x[pixel + offset_t], reading each tap's weights once for its BLOCK_K classes. Chosen over
 #   a persistent program per (image, class block) because one step's grid already fills a GPU on real grids
 #   (94 x 125, 21 classes: ~280 programs) and it needs no synchronisation through global memory inside a
-#   program; the price is 2^exp_times launches (256 by default, vs the reference's 69 torch ops per step). No
-#   CUDA-graph capture: pseudo-label grids differ per image, so a captured graph would rarely be replayed. The
-#   CUDA backend (csrc/random_walk.cu) removes the launches instead: one cooperative launch loops over the steps
-#   with a grid barrier between them, which works for any grid size without a capture.
+#   program; the price is 2^exp_times launches (256 by default, vs the reference's 69 torch ops per step), paid
+#   once per batch when the pseudo stage walks several images per call (kernels/random_walk_batch.py). The
+#   launch path makes no host synchronisation (its small tables are cached on the device), so a caller may
+#   capture the walk in a CUDA graph and replay it for inputs of the same shape. The CUDA backend
+#   (csrc/random_walk.cu) removes the launches instead: one cooperative launch loops over the steps with a
+#   grid barrier between them.
 # Every load and store is masked (pixel < n, class < K, direction < D); masked-in addresses are in bounds by
 # the padding above. Trip counts (taps, directions, path length) are constexpr: one compilation per radius, and
 # the triton 3.6 interpreter cannot take a runtime loop bound under numpy 2.
@@ -274,8 +276,16 @@ def _direction_tables(radius: int, padded_width: int) -> tuple[tuple[int, ...], 
     return tuple(flat_dirs), tuple(flat_paths), length
 
 
+@functools.lru_cache(maxsize=64)
+def _device_table(values: tuple[int | float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant table on `device`, made once per (values, dtype, device) and reused: a host-to-device
+    copy is a synchronisation, which the walk must not make on every call (it would break CUDA graph capture
+    and stall the launch queue). Callers never write into it."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _int_table(values: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int32, device=device)
+    return _device_table(tuple(int(v) for v in values), torch.int32, device)
 
 
 if triton is not None:
@@ -416,7 +426,7 @@ def _transition_taps_triton(edge: torch.Tensor, beta: float, radius: int) -> tup
     with _device_context(padded):
         _taps_kernel[(triton.cdiv(n, block_p), batch)](
             padded,
-            torch.tensor([beta], dtype=dtype, device=edge.device),
+            _device_table((float(beta),), dtype, edge.device),
             _int_table(flat_dirs, edge.device),
             _int_table(flat_paths, edge.device),
             weights,
@@ -486,8 +496,9 @@ def _random_walk_triton(
 
     Kernel 1 (`_transition_taps_triton`) builds the column-normalised A^beta taps from the boundary map in one
     launch; x = cams * (1 - edge) is one torch op; kernel 2 (`_apply_taps_triton`) runs the 2^exp_times steps,
-    ONE LAUNCH PER STEP with ping-pong buffers (not a persistent kernel, no CUDA graph: see the design comment
-    above `_taps_kernel`). Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (the tests).
+    ONE LAUNCH PER STEP with ping-pong buffers (see the design comment above `_taps_kernel`), no host
+    synchronisation (capturable in a CUDA graph). Runs on CUDA tensors, or on CPU tensors under
+    TRITON_INTERPRET=1 (the tests).
     """
     _check(cams, edge, beta, exp_times, radius)
     _require_triton()
@@ -512,14 +523,14 @@ def _random_walk_cuda(
     launch: str = "auto",
 ) -> torch.Tensor:
     """The "cuda" backend (csrc/random_walk.cu via fastwsss._C): the taps from Triton's kernel 1 where triton
-    is installed (else `transition_taps`), then the 2^exp_times steps in hand-written CUDA, fp32: by default
+    can run compiled (else `transition_taps`), then the 2^exp_times steps in hand-written CUDA, fp32: by default
     in one persistent cooperative launch (`launch`: see `cuda_ext.WALK_LAUNCHES`)."""
     _check(cams, edge, beta, exp_times, radius)
     squeeze = cams.dim() == 3
     x = cams.unsqueeze(0) if squeeze else cams
     batch, _, height, width = x.shape
     edge4 = edge.detach().reshape(batch, 1, height, width).float()
-    taps = _transition_taps_triton if triton is not None else transition_taps
+    taps = _transition_taps_triton if triton is not None and triton_runs_on(edge4) else transition_taps
     offsets, weights = taps(edge4, beta, radius)
     x = x.detach().float() * (1.0 - edge4)
     out = random_walk_steps_cuda(x, offsets, weights, 2**exp_times, launch).to(cams.dtype)
@@ -546,7 +557,7 @@ def random_walk(
     _check(cams, edge, beta, exp_times, radius)
     backend = kernel_backend(cams, OP)
     if backend == "cuda" and torch.float64 in (cams.dtype, edge.dtype):
-        if forced_backend() == "cuda":
+        if forced_backend(OP) == "cuda":
             raise TypeError("FASTWSSS_KERNELS=cuda: the CUDA random walk computes in float32; got float64 inputs")
         backend = "triton" if "triton" in _IMPLEMENTATIONS else "reference"
     return _IMPLEMENTATIONS[backend](cams, edge, beta, exp_times, radius)

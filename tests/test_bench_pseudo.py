@@ -20,7 +20,7 @@ def test_pseudo_bench_cpu_fused_and_dense(tmp_path, monkeypatch) -> None:
     bench = importlib.import_module("bench.pseudo")
     out = tmp_path / "pseudo.json"
     argv = ["--device", "cpu", "--images", "2", "--size", "64x48", "--backbone", "resnet18_quarter",
-            "--dense-images", "1", "--threads", "1", "--json", str(out)]  # fmt: skip
+            "--dense-images", "1", "--threads", "1", "--batch", "2", "--json", str(out)]  # fmt: skip
     threads = torch.get_num_threads()
     try:
         assert bench.main(argv) == 0
@@ -29,8 +29,10 @@ def test_pseudo_bench_cpu_fused_and_dense(tmp_path, monkeypatch) -> None:
     assert pseudo_stage.random_walk is random_walk  # the stage's walk is restored
     payload = json.loads(out.read_text())
     rows = {r["path"]: r for r in payload["results"]}
-    assert set(rows) == {"fused", "dense"} and all(r["status"] == "ok" for r in rows.values())
+    assert set(rows) == {"fused", "batched 2", "dense"} and all(r["status"] == "ok" for r in rows.values())
     assert rows["fused"]["backend"] == "reference" and rows["fused"]["images"] == 2 and rows["dense"]["images"] == 1
     assert all(r["images_per_s"] > 0 and 0 < r["walk_share_pct"] <= 100 for r in rows.values())
     assert 99.0 <= rows["fused"]["agreement_vs_dense_pct"] <= 100.0
+    assert rows["batched 2"]["batch"] == 2 and rows["batched 2"]["images"] == 2
+    assert rows["batched 2"]["agreement_vs_dense_pct"] == rows["fused"]["agreement_vs_dense_pct"]
     assert payload["speedup_fused_vs_dense"] > 0 and payload["settings"]["grid"] == [12, 16]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from fastwsss.errors import ConfigError
@@ -39,5 +40,5 @@ def diagnose_command(rundir: Path, images: int, device: str, json_path: Path | N
     console.print(walk)
     if json_path is not None:
         write_json(json_path, result)
-        console.print(f"wrote {json_path}")
+        console.print(escape(f"wrote {json_path}"), soft_wrap=True)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from fastwsss.environment import environment_differences, flatten
@@ -34,7 +35,7 @@ def env_command(rundir: Path, other: Path | None) -> dict[str, tuple[Any, Any]]:
         return {}
     differences = environment_differences(first, latest_environment(other))
     if not differences:
-        console.print(f"{rundir} and {other}: same environment (versions, CPU, GPU, threads, code, data)")
+        console.print(escape(f"{rundir} and {other}: same environment (versions, CPU, GPU, threads, code, data)"), soft_wrap=True)
         return differences
     table = Table(title=f"environment differences ({len(differences)})")
     table.add_column("field")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from fastwsss.errors import ConfigError
 from fastwsss.progress import console
 from fastwsss.report import write_report
@@ -14,5 +16,5 @@ def report_command(rundir: Path, sample: int, out: Path | None) -> Path:
     if sample < 0:
         raise ConfigError(f"--sample: must be >= 0, got {sample}")
     path = write_report(Path(rundir), sample=sample, out=out)
-    console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    console.print(escape(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)"), soft_wrap=True)
     return path

@@ -7,7 +7,9 @@ Outputs, all under --out and named after the input (a folder's or a glob's sub-f
     <name>_cam.png      CAM heat maps of the predicted classes, one panel each (--cam, run directories only)
 Two inputs that would get the same name (a.jpg and a.png, or the same name in two input folders) get
 `<stem>_<ext>` names, then `-2`, `-3` suffixes. Nothing is ever written into an input folder: --out equal
-to or inside a folder input, or equal to the folder of an input file, is refused before any work.
+to or inside a folder input, or equal to the folder of an input file, is refused before any work; nor
+outside --out; nor over a file that exists already, unless --overwrite is given (fastwsss.commands.segment_inputs).
+Batches are sized to a memory budget from the images' pixel counts (fastwsss.commands.segment_memory).
 
 Images are read like the data sets read them (EXIF orientation applied, CMYK / RGBA / grayscale / 16-bit
 converted to 8-bit RGB; --verbose says so per file). A file that cannot be read (corrupt, truncated, not an
@@ -31,6 +33,15 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from rich.markup import escape
 
 from fastwsss.benchtools import percentile
+from fastwsss.commands.segment_inputs import (
+    IMAGE_SUFFIXES,
+    Item,
+    check_out,
+    collect_inputs,
+    keep_existing,
+    plan_outputs,
+)
+from fastwsss.commands.segment_memory import bytes_per_pixel, default_budget, pixel_count, plan_batches
 from fastwsss.data.palette import save_mask_png, voc_palette
 from fastwsss.distributed import all_gather, init_from_env, is_main, launched_world, shard, shutdown, world
 from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
@@ -40,7 +51,6 @@ from fastwsss.models.cam_net import CAMNet, load_cam_net
 from fastwsss.progress import console, make_progress
 from fastwsss.visual import heat_colors
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 MAX_PIXELS = 50_000_000
 """Larger images are refused before decoding: 50 MP of float32 activations would exhaust most machines."""
 OVERLAY_ALPHA = 0.5
@@ -48,109 +58,8 @@ CAM_PANEL_SIDE = 384
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-@dataclass
-class Item:
-    """One input image and the output name it gets (relative to --out, no suffix)."""
-
-    path: Path
-    rel: Path
-    outputs: dict[str, Path] = field(default_factory=dict)
-
-
 def _say(message: str) -> None:
     console.print(escape(message), soft_wrap=True, highlight=False)
-
-
-# -------------------------------------------------------------------------------------------- inputs
-
-
-def _is_glob(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
-
-
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p for p in found
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )  # fmt: skip
-
-
-def collect_inputs(inputs: list[str], recursive: bool) -> tuple[list[Item], list[Path]]:
-    """(images with their relative output names, the folder inputs); one-line DataError for a missing input."""
-    folders = [Path(raw) for raw in inputs if not _is_glob(raw) and Path(raw).is_dir()]
-    items: list[Item] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            prefix = Path(path.resolve().name) if len(folders) > 1 else Path()
-            items += [Item(f, prefix / f.relative_to(path)) for f in _folder_images(path, recursive)]
-            if not recursive and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
-                _say(f"{path}: sub-folders skipped (add --recursive to include them)")
-        elif path.is_file():
-            items.append(Item(path, Path(path.name)))
-        elif _is_glob(raw):
-            fixed = _parts_before_magic(path)
-            base = Path(*fixed) if fixed else Path()
-            pattern = str(Path(*path.parts[len(fixed) :]))
-            matches = sorted(p for p in base.glob(pattern) if p.is_file()) if base.is_dir() else []
-            if not matches:
-                raise DataError(f"{raw}: the pattern matches no file")
-            items += [Item(p, p.relative_to(base)) for p in matches]
-        else:
-            raise DataError(f"{raw}: no such file or folder")
-    unique: dict[Path, Item] = {}
-    for item in items:
-        unique.setdefault(item.path.resolve(), item)
-    return list(unique.values()), folders
-
-
-def _parts_before_magic(path: Path) -> list[str]:
-    parts = []
-    for part in path.parts:
-        if _is_glob(part):
-            break
-        parts.append(part)
-    return parts
-
-
-def plan_outputs(items: list[Item], out: Path, overlay: bool, cam: bool) -> None:
-    """Give every item unique output paths (case-insensitively, for macOS and Windows file systems)."""
-    stems: dict[str, int] = {}
-    for item in items:
-        key = str(item.rel.with_suffix("")).lower()
-        stems[key] = stems.get(key, 0) + 1
-    tails = {"mask": ".png", **({"overlay": "_overlay.jpg"} if overlay else {}), **({"cam": "_cam.png"} if cam else {})}
-    taken: set[str] = set()
-    for item in items:
-        base = item.rel.with_suffix("")
-        if stems[str(base).lower()] > 1:  # a.jpg and a.png: a_jpg, a_png
-            base = base.with_name(f"{base.name}_{item.rel.suffix.lstrip('.').lower()}")
-        candidate, n = base, 1
-        while any(str(candidate).lower() + tail.lower() in taken for tail in tails.values()):
-            n += 1
-            candidate = base.with_name(f"{base.name}-{n}")
-        for key, tail in tails.items():  # one base for all of an image's files
-            taken.add(str(candidate).lower() + tail.lower())
-            item.outputs[key] = out / (str(candidate) + tail)
-
-
-def check_out(out: Path, items: list[Item], folders: list[Path]) -> None:
-    """Refuse an --out that would put any file into an input folder (or onto an input file)."""
-    target = out.resolve()
-    for folder in folders:
-        where = folder.resolve()
-        if target == where or where in target.parents:
-            raise ConfigError(f"--out {out}: is inside the input folder {folder}; choose a folder outside it")
-    holders = {item.path.resolve().parent for item in items}
-    inputs = {item.path.resolve() for item in items}
-    for item in items:
-        for path in item.outputs.values():
-            if path.resolve().parent in holders or path.resolve() in inputs:
-                raise ConfigError(
-                    f"--out {out}: would write {path.name} into {path.resolve().parent}, which holds input images"
-                )
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -268,7 +177,9 @@ def load_cam_model(model: Path, device: torch.device, num_foreground: int) -> Ca
         raise FastwsssError(f"{checkpoint}: the classifier needs CONTA's extra input maps, not an image alone")
     if net.num_classes != num_foreground:
         raise FastwsssError(f"{checkpoint}: {net.num_classes} classes, the segmentation model has {num_foreground}")
-    names = [str(n) for n in meta.get("class_names") or []] or [f"class{i}" for i in range(1, net.num_classes + 1)]
+    given = meta.get("class_names")
+    names = [str(n) for n in given] if isinstance(given, list) and len(given) == net.num_classes else []
+    names = names or [f"class{i}" for i in range(1, net.num_classes + 1)]
     return CamModel(net.eval(), tuple(open_run_dir(model).load_config().cam.scales), names, device)
 
 
@@ -344,8 +255,32 @@ def _write(item: Item, image: np.ndarray, mask: np.ndarray, palette: np.ndarray,
     if "overlay" in item.outputs:
         save_overlay(image, mask, palette, item.outputs["overlay"])
     if cam is not None:
-        maps, titles = cam_maps(cam, image, mask)
+        try:
+            maps, titles = cam_maps(cam, image, mask)
+        except Exception as exc:  # noqa: BLE001  (the mask is written; the heat map of this image alone fails)
+            raise DataError(f"{item.path}: no CAM heat map ({type(exc).__name__}: {one_line(str(exc))[:200]})") from None
         save_cam_strip(image, maps, titles, item.outputs["cam"])
+
+
+def _budget_batches(
+    items: list[Item], segmenter: Segmenter, batch_size: int, budget: int | None, failed: list[str]
+) -> list[list[Item]]:
+    """Batches of at most `batch_size` whose estimated memory stays under `budget` (fastwsss.commands.segment_memory);
+    an image that alone exceeds it is added to `failed` with one line."""
+    budget = budget if budget is not None else default_budget()
+    model = getattr(segmenter, "model", None)
+    try:
+        per_pixel = bytes_per_pixel(model if isinstance(model, torch.nn.Module) else None, len(segmenter.class_names),
+                                    getattr(segmenter, "device", None))
+    except Exception:  # noqa: BLE001  (a model that cannot be probed is costed like an opaque backend)
+        per_pixel = bytes_per_pixel(None, len(segmenter.class_names))
+    pixels = [pixel_count(item.path) for item in items]
+    planned, too_large = plan_batches(pixels, batch_size, budget, per_pixel)
+    for index in too_large:
+        failed.append(f"{items[index].path}: {pixels[index] / 1e6:.1f} MP need about {pixels[index] * per_pixel / 2**30:.1f} "
+                      f"GiB to segment, above the memory budget of {budget / 2**30:.1f} GiB (--memory-budget)")
+        _say(f"failed: {failed[-1]}")
+    return [[items[i] for i in batch] for batch in planned] or [[]]
 
 
 def segment_command(
@@ -361,6 +296,8 @@ def segment_command(
     device: str | None = None,
     verbose: bool = False,
     max_pixels: int = MAX_PIXELS,
+    overwrite: bool = False,
+    memory_budget: int | None = None,
 ) -> int:
     """Segment the images of `inputs` into `out` (module docstring); 0 when all went well, 1 when any failed."""
     if batch_size < 1:
@@ -377,6 +314,11 @@ def segment_command(
     if launched_world().distributed:  # under torchrun: this rank's share of the images, on its own GPU
         device = str(init_from_env(torch_device(device)))
         items = shard(items)
+    failed: list[str] = []
+    if not overwrite:
+        items, failed = keep_existing(items)
+        for line in failed:
+            _say(f"skipped: {line}")
     segmenter = load_segmenter(model, backend, device)
     _say(f"model {segmenter.source}: {segmenter.backend}, {segmenter.detail}")
     if segmenter.reason:
@@ -389,11 +331,10 @@ def segment_command(
         except FastwsssError as exc:
             _say(f"--cam: no CAM heat maps: {one_line(str(exc))}")
     palette = full_palette(segmenter.palette)
-    failed: list[str] = []
     converted = done = 0
     timings = _Timings()
     begin = time.perf_counter()
-    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)] or [[]]
+    batches = _budget_batches(items, segmenter, batch_size, memory_budget, failed)
     with ThreadPoolExecutor(max_workers=2) as pool, make_progress() as progress:
         task = progress.add_task("segment", total=len(items), info="")
 
@@ -419,7 +360,12 @@ def segment_command(
             for error in failed[before:]:
                 _say(f"failed: {error}")
             for item, image, mask in results:
-                _write(item, image, mask, palette, cam_model)
+                try:
+                    _write(item, image, mask, palette, cam_model)
+                except DataError as exc:
+                    failed.append(one_line(str(exc)))
+                    _say(f"failed: {failed[-1]}")
+                    continue
                 done += 1
             progress.advance(task, len(batch))
     wall_s = time.perf_counter() - begin
@@ -435,7 +381,7 @@ def segment_command(
             return 1 if failed else 0
     summary = f"{done} of {total} images segmented into {out}"
     if failed:
-        summary += f"; {len(failed)} failed (listed above)"
+        summary += f"; {len(failed)} failed or skipped (listed above)"
     if converted and not verbose:
         summary += f"; {converted} converted to 8-bit RGB (--verbose says how)"
     _say(summary)

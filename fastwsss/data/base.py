@@ -16,11 +16,42 @@ from fastwsss.data.palette import IGNORE_INDEX
 from fastwsss.errors import DataError
 
 
+def id_problem(image_id: str) -> str | None:
+    """Why `image_id` cannot be an image name (a path separator, "..", NUL, a leading dot...), or None.
+
+    Ids become file names in the run directory (cams/<id>.npz, pseudo/<id>.png), so an id is a name and
+    never a path: "../../x" would otherwise write outside the run (docs/security.md).
+    """
+    if not image_id:
+        return "is empty"
+    if "/" in image_id or "\\" in image_id:
+        return "contains a path separator"
+    if "\0" in image_id or any(ord(ch) < 32 for ch in image_id):
+        return "contains a control character"
+    if image_id.startswith("."):
+        return "starts with a dot"
+    if len(image_id.encode("utf-8", "surrogateescape")) > 200:
+        return "is longer than 200 bytes"
+    return None
+
+
+def check_image_id(image_id: str, where: str | Path) -> str:
+    """`image_id` unchanged, or a one-line DataError naming `where` (the list file) and the id."""
+    problem = id_problem(image_id)
+    if problem is not None:
+        raise DataError(f"{where}: image id {image_id!r} {problem}; ids are file names, not paths")
+    return image_id
+
+
 def read_id_list(path: Path) -> list[str]:
-    """One image id per line, kept as strings ("2007_000032" is not a number)."""
+    """One image id per line, kept as strings ("2007_000032" is not a number); each checked to be a name."""
     if not path.is_file():
         raise DataError(f"{path}: image list not found")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the image list ({exc})") from None
+    ids = [check_image_id(line.split()[0], path) for line in text.splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{path}: image list is empty")
     return ids

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from fastwsss.data.base import read_id_list
+from fastwsss.data.base import check_image_id, read_id_list
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.data.voc import ClsLabelsSource
-from fastwsss.errors import ConfigError, DataError
+from fastwsss.errors import ConfigError, DataError, one_line
 from fastwsss.io import atomic_path
 
 COCO_CLASSES: list[str] = [
@@ -103,6 +103,27 @@ def _default_list_path(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.txt"
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _check_list_is_ours(path: Path, stems: set[str]) -> None:
+    """Refuse to replace `path` unless it is an id list of this conversion (from an earlier, interrupted run).
+
+    The default list lies beside the mask folder (<out>.txt), where a user may keep a file of that name.
+    """
+    if not path.exists():
+        return
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        lines = [""]
+    if not path.is_file() or not set(lines) <= stems:
+        raise DataError(f"{path}: exists and is not an id list of these masks; move it away (it would be replaced)")
+
+
 def _load_coco(instances_json: Path) -> Any:
     try:
         from pycocotools.coco import COCO
@@ -113,8 +134,9 @@ def _load_coco(instances_json: Path) -> Any:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return COCO(str(instances_json))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{instances_json}: not a COCO instances file ({exc})") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError,
+            AssertionError) as exc:  # pycocotools checks the file's layout with assert
+        raise DataError(f"{instances_json}: not a COCO instances file ({type(exc).__name__}: {exc})") from None
 
 
 def _annotations(coco: Any, image_id: int) -> list[dict]:
@@ -169,8 +191,13 @@ def convert_instances_to_masks(
     class_of = {cat_id: index + 1 for index, cat_id in enumerate(category_ids)}
     if len(class_of) > IGNORE_INDEX - 1:
         raise DataError(f"{instances_json}: {len(class_of)} categories do not fit in an 8-bit mask")
-    infos = sorted(coco.loadImgs(coco.getImgIds()), key=lambda info: info["file_name"])
-    by_stem = {Path(info["file_name"]).stem: info for info in infos}
+    try:
+        infos = sorted(coco.loadImgs(coco.getImgIds()), key=lambda info: str(info["file_name"]))
+        by_stem = {check_image_id(Path(_text(info["file_name"])).stem, instances_json): info for info in infos}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{instances_json}: an image entry lacks a usable file_name ({type(exc).__name__}: {exc})") from None
+    destination = list_path if list_path is not None else _default_list_path(out_dir)
+    _check_list_is_ours(destination, set(by_stem))
     if ids is not None:
         missing = [i for i in ids if i not in by_stem]
         if missing:
@@ -187,6 +214,9 @@ def convert_instances_to_masks(
                 raise DataError(
                     f"{instances_json}: image {stem} or one of its annotations lacks the field {exc}"
                 ) from exc
+            except (TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise DataError(f"{instances_json}: image {stem} has a malformed annotation ({type(exc).__name__}: "
+                                f"{one_line(str(exc))[:200]})") from None
             save_mask_png(mask, target)
             written += 1
         if any(not ann.get("iscrowd", 0) for ann in _annotations(coco, info["id"])):
@@ -195,7 +225,6 @@ def convert_instances_to_masks(
             print(f"\rconverted {count}/{len(by_stem)} masks", end="", file=sys.stderr, flush=True)
     if show:
         print(file=sys.stderr)
-    destination = list_path if list_path is not None else _default_list_path(out_dir)
     with atomic_path(destination) as tmp:
         tmp.write_text("".join(f"{stem}\n" for stem in listed))
     return written

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fastwsss.data.base import SegmentationSource, labels_from_mask, read_id_list
+from fastwsss.data.safe_npy import load_label_table
 from fastwsss.errors import DataError
 
 VOC_CLASSES: list[str] = [
@@ -49,18 +50,13 @@ VOC_CLASSES: list[str] = [
 def read_cls_labels(path: str | Path) -> dict:
     """The dict stored in an IRNet-style `cls_labels.npy` (id key -> multi-hot vector).
 
-    The file is a pickled dict, so it is loaded with `allow_pickle=True`: only use files you trust.
+    The file is a pickled dict; it is read by a restricted unpickler that admits only numpy arrays and plain
+    values (fastwsss.data.safe_npy), so a crafted file cannot run code.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: cls_labels file not found")
-    try:
-        table = np.load(path, allow_pickle=True).item()
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable cls_labels .npy file ({exc})") from exc
-    if not isinstance(table, dict):
-        raise DataError(f"{path}: cls_labels must hold a dict of id -> label vector, got {type(table).__name__}")
-    return table
+    return load_label_table(path)
 
 
 def lookup_cls_labels(table: dict, path: Path, keys: Sequence[object], image_id: str, num_classes: int) -> np.ndarray:

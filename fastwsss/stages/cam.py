@@ -17,6 +17,7 @@ from fastwsss.data import build_source
 from fastwsss.errors import DataError
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.progress import track, warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.cls import classifier_checkpoint, load_attention, uses_context
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import finish_images, images_to_do
@@ -25,7 +26,7 @@ FOLDER = "cams"
 
 
 def cam_path(cam_dir: Path, image_id: str) -> Path:
-    return cam_dir / f"{image_id}.npz"
+    return id_file(cam_dir, image_id, ".npz")
 
 
 ExtraMap = Callable[[str], torch.Tensor | None]

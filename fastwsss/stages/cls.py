@@ -22,9 +22,9 @@ from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.distributed import is_main
 from fastwsss.errors import CheckpointError
-from fastwsss.io import atomic_path
 from fastwsss.methods.conta import ConfounderAttention, ContextClassifier, MaskTable
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
+from fastwsss.models.checkpoint import save_torch_file
 from fastwsss.stages.confounder import load_confounders
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
@@ -115,7 +115,6 @@ def run_cls(ctx: StageContext) -> None:
     steps = run_epochs(ctx, job)
     if is_main():
         if isinstance(model, ContextClassifier):
-            with atomic_path(out / ATTENTION_FILE) as tmp:
-                torch.save(model.attention.state_dict(), tmp)
+            save_torch_file(model.attention.state_dict(), out / ATTENTION_FILE, checksum=False)  # a plain state dict
         save_checkpoint(out / "ckpt.pt", net, {"class_names": source.class_names, "data": cfg.data.name})
     ctx.run.mark_done(STAGE, {"epochs": c.epochs, "steps": steps, "weights": weights_record(c.weights)})

@@ -24,6 +24,7 @@ from fastwsss.errors import CheckpointError, DataError
 from fastwsss.io import atomic_path
 from fastwsss.methods.conta import ConfounderSetBuilder, MaskTable, foreground_map
 from fastwsss.progress import log, track, warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.context import StageContext
 from fastwsss.visual import heatmap_sheet
 
@@ -52,7 +53,7 @@ def _predict_missing(ctx: StageContext, ids: list[str], source: SegmentationSour
         except DataError as exc:
             warn(f"{exc}; no prediction, so its X_m is left at zero")
             continue
-        save_mask_png(predict_mask(model, image, ctx.device, ctx.config.seg.msc_scales), out / f"{image_id}.png")
+        save_mask_png(predict_mask(model, image, ctx.device, ctx.config.seg.msc_scales), id_file(out, image_id, ".png"))
 
 
 def run_confounder(ctx: StageContext) -> None:
@@ -67,8 +68,8 @@ def run_confounder(ctx: StageContext) -> None:
     ids = train.ids + [i for i in cam.ids if i not in train_ids]
 
     def mask_path(image_id: str) -> Path:
-        own = out / "pred" / f"{image_id}.png"
-        return own if own.is_file() else mask_dir / f"{image_id}.png"
+        own = id_file(out / "pred", image_id, ".png")
+        return own if own.is_file() else id_file(mask_dir, image_id, ".png")
 
     def still_missing() -> list[str]:
         missing = [i for i in ids if not mask_path(i).is_file()]

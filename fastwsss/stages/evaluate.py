@@ -26,6 +26,7 @@ from fastwsss.distributed import is_main, shard, sum_array
 from fastwsss.errors import DataError
 from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.progress import track, warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
@@ -95,7 +96,7 @@ def evaluate_mask_folder(ctx: StageContext, folder: Path, source: SegmentationSo
     meter = ConfusionMeter(source.num_classes + 1)
     evaluated = confident = labelled = 0
     for image_id in track(shard(source.ids), f"eval: {stage} ({source.split})"):
-        path = folder / f"{image_id}.png"
+        path = id_file(folder, image_id, ".png")
         if not path.is_file():
             continue
         try:

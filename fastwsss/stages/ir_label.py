@@ -21,10 +21,12 @@ from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.distributed import all_gather, is_main
 from fastwsss.errors import ConfigError, DataError, FastwsssError
 from fastwsss.progress import track, warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import images_to_do
+from fastwsss.thresholds import class_thresholds, seed_mask
 
 FOLDER = "ir_labels"
 
@@ -39,15 +41,25 @@ def _crf_seed(image: np.ndarray, seed: np.ndarray, keys: np.ndarray) -> np.ndarr
 
 
 def ir_label_from_cams(
-    high_res: np.ndarray, keys: np.ndarray, fg_threshold: float, bg_threshold: float, image: np.ndarray | None = None
+    high_res: np.ndarray,
+    keys: np.ndarray,
+    fg_threshold: float,
+    bg_threshold: float,
+    image: np.ndarray | None = None,
+    fg_rule: str = "fixed",
 ) -> np.ndarray:
     """(H, W) uint8: class ids where confident, 0 where surely background, 255 where unsure.
 
-    With `image` given, both seed masks are refined by the dense CRF before they are combined.
+    `fg_rule` "otsu" cuts each class map at its own Otsu level (at least `fg_threshold`) instead of at
+    `fg_threshold` (fastwsss.thresholds). With `image` given, both seed masks are refined by the dense CRF
+    before they are combined.
     """
     if not bg_threshold < fg_threshold:
         raise ValueError(f"ir_label.bg_threshold ({bg_threshold}) must be below ir_label.fg_threshold ({fg_threshold})")
-    fg = cam_seed_mask(high_res, keys, fg_threshold)
+    if fg_rule == "fixed":
+        fg = cam_seed_mask(high_res, keys, fg_threshold)
+    else:
+        fg = seed_mask(high_res, keys, class_thresholds(high_res, fg_rule, fg_threshold))
     bg = cam_seed_mask(high_res, keys, bg_threshold)
     if image is not None:
         fg, bg = _crf_seed(image, fg, keys), _crf_seed(image, bg, keys)
@@ -58,7 +70,7 @@ def ir_label_from_cams(
 
 
 def ir_label_path(folder: Path, image_id: str) -> Path:
-    return folder / f"{image_id}.png"
+    return id_file(folder, image_id, ".png")
 
 
 def run_ir_label(ctx: StageContext) -> None:
@@ -84,7 +96,8 @@ def run_ir_label(ctx: StageContext) -> None:
             warn(str(exc))
             missing += 1
             continue
-        label = ir_label_from_cams(cams.high_res, cams.keys, cfg.ir_label.fg_threshold, cfg.ir_label.bg_threshold, image)
+        label = ir_label_from_cams(cams.high_res, cams.keys, cfg.ir_label.fg_threshold, cfg.ir_label.bg_threshold, image,
+                                   cfg.ir_label.fg_rule)
         save_mask_png(label, ir_label_path(out, image_id))
         ctx.step("ir_label", count)
     missing = sum(all_gather(missing))

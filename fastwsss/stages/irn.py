@@ -30,6 +30,7 @@ from fastwsss.errors import ConfigError, DataError
 from fastwsss.irn_pairs import affinity_loss, downsample_labels, pair_masks
 from fastwsss.models.irn import BoundaryNet, save_irn_checkpoint
 from fastwsss.progress import warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.cls import classifier_checkpoint
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
@@ -65,7 +66,7 @@ class IRLabelDataset(ClassificationDataset):
         return len(self.ids)
 
     def label_path(self, image_id: str) -> Path:
-        return self.label_dir / f"{image_id}.png"
+        return id_file(self.label_dir, image_id, ".png")
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
@@ -91,7 +92,7 @@ class IRLabelDataset(ClassificationDataset):
 
 def labelled_ids(source: SegmentationSource, label_dir: Path) -> list[str]:
     """Ids of the split that have an IR-label file; the missing ones are reported in one warning line."""
-    ids = [i for i in source.ids if (label_dir / f"{i}.png").is_file()]
+    ids = [i for i in source.ids if id_file(label_dir, i, ".png").is_file()]
     missing = len(source.ids) - len(ids)
     if not ids:
         raise DataError(f"{label_dir}: no IR labels for split {source.split!r}; run the ir_label stage first")

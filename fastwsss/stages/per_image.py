@@ -10,10 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from fastwsss.config import RunConfig
+from fastwsss.data import build_source
 from fastwsss.distributed import all_gather, is_main, shard
 from fastwsss.io import atomic_path
 from fastwsss.progress import log, warn
+from fastwsss.rundir import RunDir, id_file
 from fastwsss.stages.context import StageContext
+
+OUTPUT_SUFFIX = {"cams": ".npz", "ir_labels": ".png", "pseudo": ".png"}
+"""The per-image stages' folders and the suffix of each image's file in them."""
 
 
 def images_to_do(stage: str, ids: list[str], output: Callable[[str], Path]) -> list[str]:
@@ -38,3 +44,29 @@ def finish_images(ctx: StageContext, stage: str, folder: Path, failed: list[str]
             tmp.write_text("\n".join(failed) + "\n")
         warn(f"{stage}: {len(failed)} image(s) {what}; see {folder / 'failed.txt'}")
     return failed
+
+
+def failed_ids(folder: Path) -> set[str]:
+    """The ids that folder/failed.txt lists (images a stage could not do, so their outputs are not promised)."""
+    path = folder / "failed.txt"
+    if not path.is_file():
+        return set()
+    return {line.split("\t")[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line}
+
+
+def missing_outputs(run: RunDir, config: RunConfig, folder: str) -> list[str]:
+    """Ids whose output a DONE marker of `folder` promises but which is not there (deleted since, or lost).
+
+    Promised: every id of the CAM split that failed.txt does not list; for ir_labels and pseudo, only ids
+    whose CAM exists (the others are counted as missing by those stages themselves). [] for other stages.
+    """
+    suffix = OUTPUT_SUFFIX.get(folder)
+    if suffix is None:
+        return []
+    out, cams = run.path / folder, run.path / "cams"
+    skipped = failed_ids(out)
+    ids = build_source(config.data, config.data.cam_split).ids
+    return [
+        i for i in ids
+        if i not in skipped and (folder == "cams" or id_file(cams, i, ".npz").is_file()) and not id_file(out, i, suffix).is_file()
+    ]  # fmt: skip

@@ -50,6 +50,7 @@ from fastwsss.models import eval_mode
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
 from fastwsss.models.msc import deeplab_param_groups, msc_outputs, msc_prediction_logits, nearest_labels
 from fastwsss.progress import track, warn
+from fastwsss.rundir import id_file
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
 from fastwsss.weights import weights_record
@@ -80,7 +81,7 @@ class PseudoMaskSource(SegmentationSource):
         return self.base.load_image(image_id)
 
     def mask_path(self, image_id: str) -> Path:
-        return self.pseudo_dir / f"{image_id}.png"
+        return id_file(self.pseudo_dir, image_id, ".png")
 
 
 class ScaledSegmentationDataset(SegmentationDataset):
@@ -266,7 +267,7 @@ def predict_split(
     meter = ConfusionMeter(source.num_classes + 1)
     done = scored = count = 0
     for image_id in track(shard(source.ids), f"seg: predict ({source.split})"):
-        path = pred_dir / f"{image_id}.png"
+        path = id_file(pred_dir, image_id, ".png")
         try:
             if ctx.resume and path.is_file():
                 pred = read_label_png(path, source.num_classes)

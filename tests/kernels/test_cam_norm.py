@@ -381,3 +381,55 @@ def test_module_imports_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     assert registered_backends("cam_norm_seeds") == ("reference",)
     cams = random_cams((1, 2, 3, 4), torch.float32)
     torch.testing.assert_close(module.cam_norm(cams), cam_norm_reference(cams))
+
+
+def _with_nans(dtype: torch.dtype) -> torch.Tensor:
+    """(2, 3, 45, 47): image 0 plane 1 holds one NaN, image 1 plane 2 one +inf, the rest ordinary."""
+    cams = torch.rand(2, 3, 45, 47) - 0.2
+    cams[0, 1, 10, 20] = float("nan")
+    cams[1, 2, 3, 4] = float("inf")
+    return cams.to(dtype)
+
+
+@requires_triton
+class TestNanSemantics:
+    """The kernels treat NaN and inf like the reference: a plane holding a NaN becomes NaN; argmax takes the
+    first NaN plane, as torch.argmax does (tl.maximum and tl.max drop NaN unless told not to)."""
+
+    @pytest.mark.parametrize("n_chunks", [None, 3])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+    def test_cam_norm(self, n_chunks: int | None, dtype: torch.dtype) -> None:
+        cams = _with_nans(dtype)
+        want = cam_norm_reference(cams)
+        assert want[0, 1].isnan().all() and want[1, 2, 3, 4].isnan() and not want[1, 2, 0, 0].isnan()
+        got = cam_norm_module._cam_norm_triton(cams, 1e-5, n_chunks=n_chunks)
+        torch.testing.assert_close(got, want, rtol=0, atol=TRITON_TOLERANCE[dtype], equal_nan=True)
+        assert torch.equal(got.isnan(), want.isnan())
+
+    @pytest.mark.parametrize("n_chunks", [None, 3])
+    def test_cam_norm_seeds(self, n_chunks: int | None) -> None:
+        cams = _with_nans(torch.float32)
+        cams[1, 0, 0, 0] = float("nan")  # image 1: planes 0 (NaN) and 2 (inf)
+        want = cam_norm_seeds_reference(cams, 0.3)
+        assert (want[0] == 2).all() and (want[1] == 1).all()
+        assert torch.equal(cam_norm_module._cam_norm_seeds_triton(cams, 0.3, n_chunks=n_chunks), want)
+
+
+def test_plane_groups_fit_the_budget() -> None:
+    assert cam_norm_module._plane_groups(10, 100, 0) == [(0, 10)]  # no budget (the CPU): one group
+    assert cam_norm_module._plane_groups(10, 100, 1000) == [(0, 10)]
+    assert cam_norm_module._plane_groups(10, 100, 350) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert cam_norm_module._plane_groups(3, 100, 50) == [(0, 1), (1, 2), (2, 3)]  # at least one plane each
+
+
+@requires_triton
+@pytest.mark.parametrize("n_chunks", [2, 3])
+def test_split_scheme_in_l2_sized_plane_groups_matches_reference(n_chunks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split scheme run group by group (as on a GPU whose L2 holds a few planes) gives the same maps."""
+    groups: list[int] = []
+    real = cam_norm_module._split_scale
+    monkeypatch.setattr(cam_norm_module, "_split_scale", lambda c, *a: (groups.append(c.shape[0]), real(c, *a)))
+    cams = random_cams((2, 3, 45, 47), torch.float32)
+    out = cam_norm_module._cam_norm_triton(cams, 1e-5, n_chunks=n_chunks, group_bytes=2 * 45 * 47 * 4)
+    assert groups == [2, 2, 2]  # six planes, two per group
+    torch.testing.assert_close(out, cam_norm_reference(cams), rtol=0, atol=TRITON_TOLERANCE[torch.float32])

@@ -5,8 +5,10 @@ Run on a GPU machine, with compiled Triton rather than the interpreter that test
 
     TRITON_INTERPRET=0 pytest tests/kernels/test_gpu_kernels.py -q
 
-Without a GPU every test skips. With TRITON_INTERPRET=1 the cases that launch Triton kernels skip. The "cuda"
-cases skip unless the extension is built (FASTWSSS_BUILD_CUDA=1 pip install -e .).
+Without a GPU every test skips. With TRITON_INTERPRET=1 the cases that launch Triton kernels skip (the CUDA
+walk then builds its taps with torch and still runs). The "cuda" cases skip unless the extension is built
+(FASTWSSS_BUILD_CUDA=1 pip install -e .). bench/gpu.sh sets FASTWSSS_REQUIRE_GPU=1, under which every such skip
+fails instead (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fastwsss.kernels import confounder_attention as ca_module
 from fastwsss.kernels import random_walk as rw_module
 from fastwsss.kernels.cam_norm import cam_norm, cam_norm_reference, cam_norm_seeds, cam_norm_seeds_reference
 from fastwsss.kernels.confounder_attention import confounder_attention, confounder_attention_reference
-from fastwsss.kernels.dispatch import _cuda_extension_loaded, kernel_backend, registered_backends
+from fastwsss.kernels.dispatch import _cuda_extension_loaded, kernel_backend, preference, registered_backends
 from fastwsss.kernels.random_walk import random_walk, random_walk_reference, random_walk_reference_dense
 
 pytestmark = [
@@ -289,8 +291,8 @@ def rw_expected(case: tuple, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize(("case", "dtype"), RW_PARAMS, ids=[f"{_name(c)}-{_name(d)}" for c, d in RW_PARAMS])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_random_walk(backend: str, case: tuple, dtype: torch.dtype) -> None:
-    # Both backends build the taps with Triton's kernel 1 when triton is installed.
-    op = require(rw_module._IMPLEMENTATIONS, backend, uses_triton=rw_module.triton is not None)
+    # The cuda backend builds its taps with Triton's kernel 1 where Triton runs compiled, else with torch.
+    op = require(rw_module._IMPLEMENTATIONS, backend, uses_triton=backend == "triton")
     batch, classes, height, width, exp_times, radius = case
     cams, edge = (t.to(dtype) for t in rw_inputs(batch, classes, height, width))
     out = op(cams.to(DEVICE), edge.to(DEVICE), 10.0, exp_times, radius)
@@ -318,7 +320,7 @@ def test_random_walk_equals_the_dense_walk(backend: str) -> None:
     is fp32 itself: after 256 steps a fp32 walk is about 2e-4 off the fp64 one (1.1e-4 to 2.4e-4 measured on the
     CPU, README "Benchmarks"), so fp32 is held to fp32_tolerance(8) = 5.1e-4.
     """
-    op = require(rw_module._IMPLEMENTATIONS, backend, uses_triton=rw_module.triton is not None)
+    op = require(rw_module._IMPLEMENTATIONS, backend, uses_triton=backend == "triton")
     cams, edge = rw_inputs(None, 3, 94, 125)
     expected = dense_expected()
     assert max_relative_error(op(cams.to(DEVICE), edge.to(DEVICE), 10.0, 8, 5), expected) <= fp32_tolerance(8)
@@ -342,12 +344,11 @@ OPS = {
 
 @pytest.mark.parametrize("op", list(OPS))
 def test_kernel_backend_on_cuda_prefers_cuda_then_triton(op: str) -> None:
+    """The first backend of the preference order (measured table, else cuda > triton) that can run here."""
     implemented = registered_backends(op)
     assert implemented == tuple(OPS[op])
-    if "cuda" in implemented and _cuda_extension_loaded():
-        expected = "cuda"
-    else:
-        expected = "triton" if "triton" in implemented else "reference"
+    runnable = {"reference", "triton"} | ({"cuda"} if _cuda_extension_loaded() else set())
+    expected = next(b for b in preference(op, torch.float32) if b in implemented and b in runnable)
     assert kernel_backend(torch.zeros(1, device=DEVICE), op) == expected
 
 
@@ -367,3 +368,48 @@ def test_public_functions_match_the_references_on_cuda() -> None:
     out = random_walk(cams.to(DEVICE), edge.to(DEVICE), 10.0, case[4], case[5])
     assert out.device.type == DEVICE.type
     assert max_relative_error(out, rw_expected(case, torch.float32)) <= fp32_tolerance(case[4])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The batched walk, graph capture, NaN
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_batched_walk_equals_the_per_image_walk(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VOC-like mixed grids (landscape, portrait, 1-3 classes) in one padded batch, per-image results."""
+    from fastwsss.kernels.random_walk_batch import random_walk_batch
+
+    require(rw_module._IMPLEMENTATIONS, backend, uses_triton=backend == "triton")
+    monkeypatch.setenv("FASTWSSS_KERNELS", f"random_walk={backend}")
+    shapes = [(3, 94, 125), (1, 125, 94), (2, 94, 125), (1, 63, 83)]
+    inputs = [rw_inputs(None, *shape) for shape in shapes]
+    cams, edges = [c.to(DEVICE) for c, _ in inputs], [e.to(DEVICE) for _, e in inputs]
+    got = random_walk_batch(cams, edges, 10.0, 8, 5)
+    for c, e, g in zip(cams, edges, got, strict=True):
+        assert max_relative_error(g, random_walk(c, e, 10.0, 8, 5)) <= fp32_tolerance(8)
+
+
+def test_triton_walk_replays_from_a_cuda_graph() -> None:
+    """After one call has cached its tables, the Triton walk (taps + 2^k steps) captures into a CUDA graph: no
+    host synchronisation on its path (a sync inside a capture raises)."""
+    from fastwsss.kernel_bench import _graphed
+
+    op = require(rw_module._IMPLEMENTATIONS, "triton")
+    cams, edge = (t.to(DEVICE) for t in rw_inputs(16, 3, 94, 125))
+    want = op(cams, edge, 10.0, 8, 5)
+    graphed = _graphed(op)
+    graphed(cams, edge, 10.0, 8, 5)
+    torch.testing.assert_close(graphed(cams, edge, 10.0, 8, 5), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cam_norm_nan_like_the_reference(backend: str) -> None:
+    op = require(cam_norm_module._IMPLEMENTATIONS, backend, uses_triton=backend == "triton")
+    cams = random_cams((2, 3, 300, 310), torch.float32)
+    cams[0, 1, 7, 9] = float("nan")
+    cams[1, 2, 3, 4] = float("inf")
+    got = op(cams.to(DEVICE), 1e-5).cpu()
+    want = cam_norm_reference(cams)
+    assert torch.equal(got.isnan(), want.isnan())
+    torch.testing.assert_close(got, want, rtol=0, atol=CAM_TOL[torch.float32], equal_nan=True)
