@@ -56,15 +56,16 @@ def stage_weights(config: RunConfig) -> dict[str, tuple[str, str | None]]:
 
 def check_pretrained(config: RunConfig, stage_names: list[str]) -> None:
     """ConfigError naming the setting when one of `stage_names` would load a weights file that is not there, or
-    when a VOC/COCO run would start one of them from random weights."""
+    when a run of the `voc`/`coco` preset would start one of them from random weights (the small presets'
+    reduced-width backbones have no ImageNet weights, so `--preset tiny --data voc` may train from scratch)."""
     for stage, (setting, path) in stage_weights(config).items():
         if stage in stage_names and path is not None and not Path(path).is_file():
             raise ConfigError(f"{setting}: {path}: weights file not found")
-    if config.data.name not in REAL_DATA:
+    if config.preset not in REAL_DATA:
         return
     for stage, (setting, path) in stage_weights(config).items():
         if stage in stage_names and path is None:
             raise ConfigError(
-                f"{setting}: a {config.data.name} run would start the {stage} stage from random weights; give "
+                f"{setting}: a {config.preset} run would start the {stage} stage from random weights; give "
                 f"{OPTION[setting]} FILE (a torchvision ImageNet state dict, see docs/reproduce.md)"
             )

@@ -89,6 +89,8 @@ def test_check_pretrained_names_the_missing_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^seg\.weights: .*--seg-weights"):
         check_pretrained(given, ["cls", "irn", "seg"])
     check_pretrained(get_preset("tiny"), ["cls", "irn", "seg"])
+    tiny_on_voc = get_preset("tiny")  # reduced-width nets have no ImageNet weights: a smoke run on VOC trains from scratch
+    check_pretrained(dataclasses.replace(tiny_on_voc, data=dataclasses.replace(tiny_on_voc.data, name="voc")), ["cls", "irn", "seg"])
     with pytest.raises(ConfigError, match=r"^seg\.weights: .*missing\.pth: weights file not found"):
         check_pretrained(dataclasses.replace(given, seg=dataclasses.replace(given.seg, weights=str(tmp_path / "missing.pth"))), ["seg"])
     path = tmp_path / "w.pth"
