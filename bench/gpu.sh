@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU runs of fastwsss in phases that each finish in under 8 minutes (docs/gpu.md gives the calls that fit
-# a lent machine's budget, and the table the results fill in):
+# a 15-minute GPU budget, and the table the results fill in):
 #
 #   bash bench/gpu.sh env setup tests        # what is missing; install + build fastwsss._C; GPU tests
 #   bash bench/gpu.sh setup walk kernels     # the random walk against IRNet's dense walk; kernel benchmarks

@@ -3,7 +3,7 @@
     python -m bench.gpu_env [--json PATH]          # versions, device, and the missing packages of every phase
     python -m bench.gpu_env --missing PHASE        # the names PHASE lacks, space-separated (nothing: it can run)
 
-The lent GPU machine has no network: a package it lacks cannot be installed there, so bench/gpu.sh asks this
+A GPU machine without network access cannot install a package it lacks, so bench/gpu.sh asks this
 module first and runs only the phases whose needs are met, saying which it skipped and why.
 """
 

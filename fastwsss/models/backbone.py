@@ -114,6 +114,11 @@ BACKBONES: dict[str, partial[Backbone]] = {
 }
 
 
+def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer inside `module` (the layers a frozen-BatchNorm model keeps in eval mode)."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def feature_size(size: int, output_stride: int) -> int:
     """Side of the stage-4 map for an input side `size`: a ceil(n / 2) per stride-2 step."""
     steps = 2 + sum(s == 2 for s in LAYER_STRIDES[output_stride])

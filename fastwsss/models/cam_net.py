@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastwsss.errors import CheckpointError, ConfigError
-from fastwsss.models.backbone import build_backbone
+from fastwsss.models.backbone import batchnorm_layers, build_backbone
 from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
 
 CHECKPOINT_FORMAT = "fastwsss.cam_net/1"
@@ -114,7 +114,7 @@ class CAMNet(nn.Module):
         if self.freeze_bn:
             frozen += [self.backbone.stage1.conv1, self.backbone.stage1.bn1]
             if not self.train_bn_affine:
-                frozen += [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+                frozen += batchnorm_layers(self.backbone)
         if self.detach_early:
             frozen += [self.backbone.stage1, self.backbone.stage2]
         for module in frozen:
@@ -125,9 +125,8 @@ class CAMNet(nn.Module):
         """Like nn.Module.train, but frozen BatchNorm layers stay in eval mode."""
         super().train(mode)
         if self.freeze_bn:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            for module in batchnorm_layers(self.backbone):
+                module.eval()
         return self
 
     def _check_extra(self, x: torch.Tensor, extra: torch.Tensor | None) -> None:

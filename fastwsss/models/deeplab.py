@@ -35,7 +35,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from fastwsss.errors import CheckpointError, ConfigError, one_line
-from fastwsss.models.backbone import Backbone, _torchvision_key, build_backbone, load_imagenet_weights
+from fastwsss.models.backbone import Backbone, _torchvision_key, batchnorm_layers, build_backbone, load_imagenet_weights
 from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
 from fastwsss.models.msc import msc_pyramid
 
@@ -85,17 +85,15 @@ class SegModel(nn.Module):
     def freeze_batchnorm(self) -> SegModel:
         """Keep the backbone's BatchNorm statistics and affine parameters as loaded (see the module docstring)."""
         self.frozen_bn = True
-        for module in self.backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.requires_grad_(False)
+        for module in batchnorm_layers(self.backbone):
+            module.requires_grad_(False)
         return self.train(self.training)
 
     def train(self, mode: bool = True) -> SegModel:
         super().train(mode)
         if self.frozen_bn:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            for module in batchnorm_layers(self.backbone):
+                module.eval()
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The optional CUDA extension (csrc/): it compiles wherever nvcc is present; it runs only on a GPU.
 
-On this project's CPU machine the compile test is all that can be checked; on a lent GPU the same file
+On this project's CPU machine the compile test is all that can be checked; on a GPU the same file
 also compares the compiled kernels with the references (run: `pytest tests/kernels/test_cuda_extension.py`).
 The installed `fastwsss._C` (FASTWSSS_BUILD_CUDA=1 pip install -e .) is tested where it imports; otherwise the
 sources are compiled with torch's `cpp_extension.load`, which needs ninja (skipped, saying so, without it).
