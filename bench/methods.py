@@ -54,11 +54,16 @@ ABLATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # name: (method, folder copied from the seed's run of that method, option changes)
     "c2am_plain": ("c2am", "cls", {"c2am.scale_logits": False}),
     "conta_attlr100": ("conta", "rounds/0", {"conta.rounds": 1, "conta.attention_lr_mult": 100.0}),
+    **{f"conta_{block}": ("conta", "rounds/0", {"conta.rounds": 1, "conta.extra_at": block})
+       for block in ("block2", "block3", "block4")},
 }
 """Controls run after the main benchmark. c2am_plain: the same fine-tune with plain logits (is C2AM's gain the
 scaling or the extra epochs?). conta_attlr100: round 1 with W1, W2 at 100x the head's lr (does a sharper
 attention make M image-specific?). Each starts from a finished stage of the seed's main run (copied, so
-it is not trained again); the copied stages do not depend on the changed settings."""
+it is not trained again); the copied stages do not depend on the changed settings. conta_block2..4: CONTA's
+placement ablation, M concatenated after block 2, 3 or 4 instead of block 5 (round 1); the score phase
+reports for every CONTA round whether M reaches the logits through more than its spatial mean and how much
+gradient W1, W2 get (`placement` in the JSON)."""
 
 
 def ablate(out: Path, seeds: list[int], rounds: int, names: list[str]) -> None:

@@ -114,7 +114,8 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
             for t in range(rounds + 1):
                 name = "cam" if t == 0 else ("conta" if t == rounds else f"conta_round{t}")
                 per_run[f"{name}/seed{seed}"] = {"method": name, "seed": seed, "round": t, **(score_view(run, t) or {}),
-                                                 "attention": attention_diagnostics(conta / round_folder(t))}
+                                                 "attention": attention_diagnostics(conta / round_folder(t)),
+                                                 "placement": placement_diagnostics(conta, t) if t else None}
         c2am = run_dir(out, "c2am", seed)
         if (c2am / "config.json").is_file():
             per_run[f"c2am/seed{seed}"] = {"method": "c2am", "seed": seed, **(score_view(open_run_dir(c2am), None) or {})}
@@ -124,7 +125,8 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
                 run = open_run_dir(path)
                 t = run.load_config().conta.rounds if method == "conta" else None
                 per_run[f"{name}/seed{seed}"] = {"method": name, "seed": seed, "round": t, **(score_view(run, t) or {}),
-                                                 "attention": attention_diagnostics(path / round_folder(t)) if t else None}
+                                                 "attention": attention_diagnostics(path / round_folder(t)) if t else None,
+                                                 "placement": placement_diagnostics(path, t) if t else None}
     methods = ["cam", "c2am", *[f"conta_round{t}" for t in range(1, rounds)], "conta"]
     methods += [name for name in ABLATIONS if any(r["method"] == name for r in per_run.values())]
     summary: dict[str, dict[str, Any]] = {}
@@ -178,4 +180,60 @@ def attention_diagnostics(round_path: Path) -> dict[str, float] | None:
         "alpha_entropy_over_log_n": float(entropy.mean()),
         "alpha_max_mean": float(alpha.max(dim=1).values.mean()),
         "xm_foreground_mean": float(xm.mean()),
+    }
+
+
+def placement_diagnostics(run_path: Path, round_: int, images: int = 64) -> dict[str, float] | None:
+    """Does M reach the logits through more than its spatial mean, and how much gradient do W1, W2 get?
+
+    On `images` training images (no augmentation) with the round's trained classifier and attention:
+    - `logit_change_mean_m`: largest |logit change| when M is replaced by its per-image spatial mean,
+      relative to the mean |logit|. At block 5, M enters through global average pooling only, so this is
+      about 0 there (up to the bilinear resize); at an inner block the spatial pattern of M can matter.
+    - `logit_change_zero_m`: the same with M replaced by zeros (how much the M channel moves the logits).
+    - `w_relative_gradient`: mean over W1, W2 of ||grad W|| / ||W||, divided by the head's
+      ||grad|| / ||weight|| under the multilabel soft-margin loss: how fast the attention can learn compared
+      with the classifier head it is trained with.
+    """
+    import torch.nn.functional as F
+
+    from fastwsss.data.datasets import ClassificationDataset
+    from fastwsss.methods.conta import ContextClassifier
+    from fastwsss.models.cam_net import load_cam_net
+    from fastwsss.stages.cls import ATTENTION_FILE, load_attention
+
+    path = run_path / round_folder(round_)
+    if not (path / "cls" / ATTENTION_FILE).is_file():
+        return None
+    config = open_run_dir(run_path).load_config()
+    net, _ = load_cam_net(path / "cls" / "ckpt.pt")
+    attention, table = load_attention(path)
+    model = ContextClassifier(net, attention).eval()
+    c = config.cls
+    dataset = ClassificationDataset(build_source(config.data, config.data.train_split), c.resize_long, c.crop,
+                                    augment=False)
+    samples = [dataset[i] for i in range(min(images, len(dataset)))]
+    image = torch.stack([s["image"] for s in samples])
+    label = torch.stack([torch.as_tensor(s["label"]) for s in samples]).float()
+    xm = table.batch([s["id"] for s in samples])
+
+    loss = F.multilabel_soft_margin_loss(model(image, xm), label)
+    loss.backward()
+
+    def relative(p: torch.Tensor) -> float:
+        return float(p.grad.norm() / p.detach().norm().clamp_min(1e-12))
+
+    with torch.no_grad():
+        m = attention(xm)
+        logits = net(image, m)
+        scale = float(logits.abs().mean().clamp_min(1e-12))
+        mean_m = net(image, m.mean(dim=(2, 3), keepdim=True).expand_as(m))
+        zero_m = net(image, torch.zeros_like(m))
+    head = relative(net.head.weight)
+    return {
+        "logit_change_mean_m": float((logits - mean_m).abs().max()) / scale,
+        "logit_change_zero_m": float((logits - zero_m).abs().max()) / scale,
+        "w_relative_gradient": (relative(attention.w1) + relative(attention.w2)) / 2 / max(head, 1e-30),
+        "head_relative_gradient": head,
+        "images": len(samples),
     }

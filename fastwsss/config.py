@@ -181,6 +181,11 @@ class SegConfig:
     msc_scales: tuple[float, ...] = ()
     """DeepLab's MSC: extra input scales (0.5, 0.75); training sums the loss of every scale and of their max,
     prediction takes the max. Empty = single scale."""
+    init: str = "weights"
+    """Where the backbone starts: "weights" = `seg.weights` (ImageNet, as DeepLab) or random when none is given;
+    "classifier" = the backbone of the run's own classifier (the one whose CAMs the run uses), the stand-in
+    for pretraining where no ImageNet network exists (reduced-width backbones). Needs `seg.backbone` equal
+    to `cls.backbone` and no `seg.weights`."""
 
 
 @dataclass
@@ -334,7 +339,7 @@ def preset_synthetic() -> RunConfig:
         ir_label=IRLabelConfig(fg_rule="otsu"),
         irn=_small_irn(),
         pseudo=PseudoConfig(exp_times=4, bg_rule="otsu"),
-        seg=_small_seg(),
+        seg=_small_seg(epochs=7, init="classifier"),
         c2am=_small_c2am(),
         conta=ContaConfig(mask_size=32),
     )
@@ -539,6 +544,11 @@ def validate(config: RunConfig) -> RunConfig:
     need(g.param_groups in ("two", "deeplab"), "seg.param_groups", f"two or deeplab, got {g.param_groups!r}")
     need(g.loss_at in ("input", "logits"), "seg.loss_at", f"input or logits, got {g.loss_at!r}")
     need(all(0 < x for x in g.msc_scales), "seg.msc_scales", f"need positive scales, got {g.msc_scales}")
+    need(g.init in ("weights", "classifier"), "seg.init", f"weights or classifier, got {g.init!r}")
+    need(g.init != "classifier" or g.weights is None, "seg.init",
+         "classifier takes the backbone from the run's classifier; drop seg.weights (--seg-weights)")
+    need(g.init != "classifier" or g.backbone == config.cls.backbone, "seg.init",
+         f"classifier needs seg.backbone = cls.backbone, got {g.backbone!r} and {config.cls.backbone!r}")
     m = config.c2am
     need(m.global_size >= 1, "c2am.global_size", f"must be >= 1, got {m.global_size}")
     need(m.gamma > 0, "c2am.gamma", f"must be > 0, got {m.gamma}")

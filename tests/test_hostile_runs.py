@@ -95,7 +95,7 @@ def test_full_disk_while_saving_a_checkpoint_names_the_file(finished: tuple[Path
         assert code == 2 and f"cannot write {run / 'cls'}" in line, output
         assert not [p for p in run.rglob(".*.tmp*")], "a temporary was left behind"
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)  # lazy: a handle still open must not keep it
 
 
 def test_rich_markup_in_out_is_shown_as_text(finished: tuple[Path, Path], tmp_path: Path) -> None:

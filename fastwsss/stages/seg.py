@@ -47,6 +47,7 @@ from fastwsss.distributed import BatchMean, global_batch_mean, is_main, local_me
 from fastwsss.errors import ConfigError, DataError, FastwsssError
 from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.models import eval_mode
+from fastwsss.models.cam_net import load_cam_net
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
 from fastwsss.models.msc import deeplab_param_groups, msc_outputs, msc_prediction_logits, nearest_labels
 from fastwsss.progress import track, warn
@@ -181,6 +182,20 @@ def seg_loss(logits: torch.Tensor, masks: torch.Tensor, batch_mean: BatchMean = 
     return batch_mean(total, (masks != IGNORE_INDEX).sum())
 
 
+def init_from_classifier(model: SegModel, checkpoint: Path) -> None:
+    """Start the segmentation backbone from a trained CAM classifier's (seg.init = "classifier").
+
+    Both are the same registered backbone; dilation changes no weight shape, and a CONTA classifier's extra
+    input channels are dropped (`CAMNet.image_backbone`)."""
+    net, _ = load_cam_net(checkpoint)
+    trunk = net.image_backbone()
+    try:
+        model.backbone.load_state_dict(trunk.state_dict())
+    except (AttributeError, RuntimeError) as exc:
+        raise ConfigError(f"seg.init: {checkpoint}: the classifier's backbone does not fit the "
+                          f"{model.init_kwargs['name']} backbone ({type(exc).__name__})") from exc
+
+
 def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple[SegModel, int]:
     """Train (or resume training) on `source`; returns the trained model and the number of steps."""
     cfg = ctx.config
@@ -192,6 +207,11 @@ def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple
         raise ConfigError(f"seg.iter_size: {len(dataset)} training image(s) do not split into {s.iter_size} chunks")
     torch.manual_seed(cfg.seed)
     model = build_seg_model(s.model, s.backbone, source.num_classes + 1, s.weights).to(ctx.device)
+    if s.init == "classifier":
+        # imported here: cls -> confounder -> seg, so a top-level import would be a cycle
+        from fastwsss.stages.cls import classifier_checkpoint
+
+        init_from_classifier(model, classifier_checkpoint(ctx))
     if s.freeze_bn:
         model.freeze_batchnorm()
     released = s.msc_scales or s.loss_at != "input"
@@ -310,6 +330,7 @@ def run_seg(ctx: StageContext) -> None:
             "epochs": cfg.seg.epochs,
             "steps": steps,
             "weights": weights_record(cfg.seg.weights),
+            "init": cfg.seg.init,
             "train_images": len(source.ids),
             "predicted": predicted,
             "val_miou": None if val_row is None else val_row["miou"],
