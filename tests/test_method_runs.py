@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fastwsss.cli import app
 from fastwsss.data.base import read_label_png
 from fastwsss.data.palette import save_mask_png
-from fastwsss.methods.conta import MaskTable
+from fastwsss.methods.conta import ConfounderAttention, MaskTable
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.pipeline import run_pipeline
 from fastwsss.rundir import open_run_dir
@@ -87,3 +87,26 @@ def test_conta_end_to_end_and_m_follows_the_previous_round(tmp_path) -> None:
     untouched = [i for i in table.ids if f"{i}.png" not in {p.name for p in preds[:10]}]
     np.testing.assert_allclose(new_table.batch(untouched).numpy(), table.batch(untouched).numpy())
     assert isinstance(MaskTable.load(copy / "rounds" / "1" / "confounder" / "xm.npz"), MaskTable)
+
+    # The changed copy has a non-zero M (this run's own round 0 may predict background only): with the
+    # attention restarted on its confounders, check bench.methods' diagnosis of M at block 5.
+    torch.save(ConfounderAttention(new_c, seed=0).state_dict(), copy / "rounds" / "1" / "cls" / "attention.pt")
+    check_placement_diagnostics(copy)
+
+
+def check_placement_diagnostics(path) -> None:
+    """bench.methods' check of CONTA's M at block 5 (the default): M reaches the logits only through its spatial
+    mean (global average pooling; the 8x8 M is resized to the 4x4 feature grid by an exact 2x average), yet
+    it moves them, and W1, W2 get a gradient."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a folder of the repository
+    from bench.methods_score import placement_diagnostics
+
+    found = placement_diagnostics(path, 1, images=8)
+    assert found is not None and found["images"] == 8
+    assert found["logit_change_mean_m"] < 1e-4, found
+    assert found["logit_change_zero_m"] > 0, found
+    assert 0 < found["w_relative_gradient"] < float("inf") and found["head_relative_gradient"] > 0, found
+    assert placement_diagnostics(path, 0) is None  # round 0 has no M
