@@ -4,16 +4,18 @@
     python -m bench.methods score --out bench/runs/methods          # phase 2: score, write JSON, print table
 
 Settings (stated in the JSON): the `synthetic` preset at a reduced scale (BENCH_SCALE below) so that three
-seeds of all three methods fit in about an hour on 2 CPU cores, confounding strength context_prob 0.8,
+seeds of all three methods fit in about an hour on 2 CPU cores (two seeds side by side, one thread each), confounding strength context_prob 0.8,
 cooccur_prob 0.5, part_context_prob 0.8 (the preset's defaults). The `cam` baseline of a seed is round 0
 of that seed's CONTA run: the same stages, config and seed (CONTA round 0 is IRNet unchanged), so it is
-not trained twice. Per run and round it reports CAM-seed, pseudo-mask and DeepLab (val, debiased) mIoU
+not trained twice; for the same reason the C2AM run starts from a copy of that round's classifier (C2AM
+fine-tunes the baseline classifier, whose settings it shares on this preset). Per run and round it reports CAM-seed, pseudo-mask and DeepLab (val, debiased) mIoU
 and the context leakage of the CAMs (fastwsss.context_metrics), then mean and spread over the seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,10 @@ from typing import Any
 from bench.common import RESULTS_DIR, write_json
 from fastwsss.cli import apply_options
 from fastwsss.config import RunConfig, get_preset, validate
+from fastwsss.rundir import RunDir, round_folder
 
 BENCH_SCALE: dict[str, Any] = {
-    "data.synth.num_train": 600,
+    "data.synth.num_train": 400,
     "data.synth.num_val": 200,
     "data.synth.num_debiased": 200,
     "seg.epochs": 6,
@@ -40,41 +43,47 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
     return out / f"{method}-seed{seed}"
 
 
-def train(out: Path, seeds: list[int], rounds: int) -> None:
+def train(out: Path, seeds: list[int], rounds: int, methods: tuple[str, ...] = METHODS) -> None:
     from fastwsss.pipeline import run_pipeline
 
     for seed in seeds:
-        for method in METHODS:
+        for method in methods:
             path = run_dir(out, method, seed)
+            config = bench_config(method, seed, rounds)
+            baseline_cls = run_dir(out, "conta", seed) / round_folder(0) / "cls"
+            if method == "c2am" and not path.exists() and (baseline_cls / "DONE").is_file():
+                shutil.copytree(baseline_cls, path / "cls")
+                RunDir(path).save_config(config)
             print(f"== {method} seed {seed} -> {path}", flush=True)
-            run_pipeline(bench_config(method, seed, rounds), out=path, resume=(path / "config.json").is_file())
+            run_pipeline(config, out=path, resume=(path / "config.json").is_file())
 
 
-ABLATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    # name: (method, folder copied from the seed's run of that method, option changes)
-    "c2am_plain": ("c2am", "cls", {"c2am.scale_logits": False}),
-    "conta_attlr100": ("conta", "rounds/0", {"conta.rounds": 1, "conta.attention_lr_mult": 100.0}),
-    **{f"conta_{block}": ("conta", "rounds/0", {"conta.rounds": 1, "conta.extra_at": block})
-       for block in ("block2", "block3", "block4")},
+PLACEMENT_STAGES = "confounder,cls,cam"
+ABLATIONS: dict[str, tuple[str, str, dict[str, Any], str | None]] = {
+    # name: (method, folder copied from the seed's run of that method, option changes, stages (None = all))
+    "c2am_plain": ("c2am", "cls", {"c2am.scale_logits": False}, None),
+    "conta_attlr100": ("conta", "rounds/0", {"conta.rounds": 1, "conta.attention_lr_mult": 100.0}, None),
+    **{
+        f"conta_{block}": ("conta", "rounds/0", {"conta.rounds": 1, "conta.extra_at": block}, PLACEMENT_STAGES)
+        for block in ("block2", "block3", "block4")
+    },
 }
 """Controls run after the main benchmark. c2am_plain: the same fine-tune with plain logits (is C2AM's gain the
 scaling or the extra epochs?). conta_attlr100: round 1 with W1, W2 at 100x the head's lr (does a sharper
 attention make M image-specific?). Each starts from a finished stage of the seed's main run (copied, so
 it is not trained again); the copied stages do not depend on the changed settings. conta_block2..4: CONTA's
-placement ablation, M concatenated after block 2, 3 or 4 instead of block 5 (round 1); the score phase
+placement ablation, M concatenated after block 2, 3 or 4 instead of block 5 (round 1, up to the CAM seeds:
+the question is whether M reaches the classifier, which the CAMs answer); the score phase
 reports for every CONTA round whether M reaches the logits through more than its spatial mean and how much
 gradient W1, W2 get (`placement` in the JSON)."""
 
 
 def ablate(out: Path, seeds: list[int], rounds: int, names: list[str]) -> None:
-    import shutil
-
     from fastwsss.pipeline import run_pipeline
-    from fastwsss.rundir import RunDir
 
     for seed in seeds:
         for name in names:
-            method, copied, changes = ABLATIONS[name]
+            method, copied, changes, stages = ABLATIONS[name]
             source, path = run_dir(out, method, seed), out / f"{name}-seed{seed}"
             if not (source / copied).is_dir():
                 print(f"== {name} seed {seed}: {source / copied} is missing; run the train phase first", flush=True)
@@ -85,20 +94,22 @@ def ablate(out: Path, seeds: list[int], rounds: int, names: list[str]) -> None:
                 shutil.copytree(source / copied, path / copied)
                 RunDir(path).save_config(config)
             print(f"== {name} seed {seed} -> {path}", flush=True)
-            run_pipeline(config, out=path, resume=True)
+            run_pipeline(config, out=path, stages=stages, resume=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phase", choices=("train", "ablate", "score"))
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="train phase: the runs to train per seed (conta first: c2am reuses its round-0 classifier)")
     parser.add_argument("--out", type=Path, default=Path("bench/runs/methods"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=2, help="CONTA rounds after round 0")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "methods-cpu.json")
     args = parser.parse_args(argv)
     if args.phase == "train":
-        train(args.out, args.seeds, args.rounds)
+        train(args.out, args.seeds, args.rounds, tuple(args.methods))
         return 0
     if args.phase == "ablate":
         ablate(args.out, args.seeds, args.rounds, args.ablations)

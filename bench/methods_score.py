@@ -33,15 +33,16 @@ def _latest(rows: list[dict[str, Any]], stage: str, split: str, round_: int | No
 
 
 def score_view(run: RunDir, round_: int | None) -> dict[str, float | None] | None:
-    """The metrics of one run (or one CONTA round); None when its seg stage has not finished."""
+    """The metrics of one run (or one CONTA round); None when its cam stage has not finished, the pseudo-mask
+    and DeepLab ones None when the run stopped before them (the placement ablation stops at the CAMs)."""
     view = run if round_ is None else run.round_view(round_)
-    if not view.is_done("seg"):
+    if not view.is_done("cam"):
         return None
     config = run.load_config()
     ctx = StageContext(config=config, run=view, device=torch.device("cpu"), round=round_)
     cam_row = evaluate_cam_seeds(ctx, build_source(config.data, config.data.cam_split))
     rows = run.metrics()
-    if _latest(rows, "seg", "debiased", round_) is None:
+    if view.is_done("seg") and _latest(rows, "seg", "debiased", round_) is None:
         model, _ = load_seg_model(view.path / "seg" / "ckpt.pt", "cpu")
         model.eval()
         evaluate_split(ctx, model, build_source(config.data, "debiased"))
@@ -119,7 +120,7 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
         c2am = run_dir(out, "c2am", seed)
         if (c2am / "config.json").is_file():
             per_run[f"c2am/seed{seed}"] = {"method": "c2am", "seed": seed, **(score_view(open_run_dir(c2am), None) or {})}
-        for name, (method, _, _) in ABLATIONS.items():
+        for name, (method, *_) in ABLATIONS.items():
             path = out / f"{name}-seed{seed}"
             if (path / "config.json").is_file():
                 run = open_run_dir(path)
