@@ -30,6 +30,25 @@ app.add_typer(data_app, name="data")
 bench_app = typer.Typer(help="Micro-benchmarks (JSON plus a table).", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(bench_app, name="bench")
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fastwsss import __version__
+
+        console.print(f"fastwsss {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 RESUME_HINTS = {

@@ -144,6 +144,13 @@ def test_module_help_runs():
     assert done.returncode == 0 and "--preset" in done.stdout
 
 
+def test_version_is_the_package_version():
+    from fastwsss import __version__
+
+    done = runner.invoke(app, ["--version"])
+    assert done.exit_code == 0 and done.output.strip() == f"fastwsss {__version__}"
+
+
 def test_pseudo_interrupted_and_resumed_equals_an_uninterrupted_run(tmp_path):
     from PIL import Image
 
