@@ -9,7 +9,7 @@ case whose first call alone exceeds the budget reports that call as its only sam
 ran, the same process also runs the sparse path on the same inputs and reports the largest difference.
 CPU timings of the sparse path (17,664 small ops for exp_times 8) suffer badly when the machine's cores are
 busy with other work and torch runs more than one thread per op: compare with --threads 1 on a loaded box.
-Acceptance of the issue: the sparse path stays below 300 MB on the 94 x 125 grid.
+Target: the sparse path stays below 300 MB on the 94 x 125 grid.
 """
 
 from __future__ import annotations

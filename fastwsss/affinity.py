@@ -1,4 +1,4 @@
-"""Pair geometry of inter-pixel relations (ALGORITHMS.md sections 4 and 5).
+"""Pair geometry of inter-pixel relations (docs/algorithms.md sections 4 and 5).
 
 IRN training (radius 10) and the random walk (radius 5) look at the same pairs: every pixel p and p + d for
 each direction d of the half disc, so each unordered pair within the radius appears exactly once. The

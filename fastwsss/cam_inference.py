@@ -1,4 +1,4 @@
-"""Multi-scale, flip-summed class activation maps of one image (ALGORITHMS.md section 2).
+"""Multi-scale, flip-summed class activation maps of one image (docs/algorithms.md section 2).
 
 For every scale s the image is resized to (round(H*s), round(W*s)), at least 1 x 1, the pair [x, hflip(x)] goes through
 `CAMNet.cam`, and `A = cam[0] + hflip(cam[1])`. The A of all scales are resized (bilinear,

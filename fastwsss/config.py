@@ -53,7 +53,7 @@ class DataConfig:
 
 @dataclass
 class ClsConfig:
-    """CAM classifier and its training (ALGORITHMS.md section 2)."""
+    """CAM classifier and its training (docs/algorithms.md section 2)."""
 
     backbone: str = "resnet50"
     output_stride: int = 16
@@ -83,7 +83,7 @@ class CamConfig:
 
 @dataclass
 class IRLabelConfig:
-    """Confident seeds from CAMs (ALGORITHMS.md section 3).
+    """Confident seeds from CAMs (docs/algorithms.md section 3).
 
     `fg_rule`: "fixed" thresholds every class map at `fg_threshold` (IRNet); "otsu" at its own Otsu level,
     never below `fg_threshold` (fastwsss.thresholds; no masks involved).
@@ -97,7 +97,7 @@ class IRLabelConfig:
 
 @dataclass
 class IRNConfig:
-    """Inter-pixel relation net: boundary branch on frozen backbone features (ALGORITHMS.md section 4).
+    """Inter-pixel relation net: boundary branch on frozen backbone features (docs/algorithms.md section 4).
 
     `backbone_from`: "imagenet" builds `backbone` with `weights` (IRNet's choice); "cls" copies the trained
     classifier's backbone, which is what the from-scratch CPU presets need (a frozen random backbone has no
@@ -132,7 +132,7 @@ class IRNConfig:
 
 @dataclass
 class PseudoConfig:
-    """Random-walk propagation and post-processing (ALGORITHMS.md section 5)."""
+    """Random-walk propagation and post-processing (docs/algorithms.md section 5)."""
 
     radius: int = 5
     beta: float = 10.0
@@ -145,7 +145,7 @@ class PseudoConfig:
 
 @dataclass
 class SegConfig:
-    """Segmentation model trained on the pseudo masks (ALGORITHMS.md section 8)."""
+    """Segmentation model trained on the pseudo masks (docs/algorithms.md section 8)."""
 
     model: str = "deeplabv2"
     backbone: str = "resnet101"
@@ -190,7 +190,7 @@ class SegConfig:
 
 @dataclass
 class C2AMConfig:
-    """C2AM's front-door adjustment (ALGORITHMS.md section 6); defaults are the released schedule.
+    """C2AM's front-door adjustment (docs/algorithms.md section 6); defaults are the released schedule.
 
     `global_size`: side of the global CAM G; `by_class`: average each class over the images that contain it
     instead of over all images (absent classes count as zero in the default); `gamma` scales
@@ -218,7 +218,7 @@ class C2AMConfig:
 
 @dataclass
 class ContaConfig:
-    """CONTA's context adjustment (ALGORITHMS.md section 7).
+    """CONTA's context adjustment (docs/algorithms.md section 7).
 
     `rounds`: CONTA rounds after the baseline round 0 (the paper's best is 3); `extra_at`: where M_t is
     concatenated (block5 = after layer4, the paper's choice; block2..block4; dense = all four);

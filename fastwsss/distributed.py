@@ -5,7 +5,7 @@ the launcher sets RANK, WORLD_SIZE and LOCAL_RANK, and `init_from_env` joins the
 GPUs, gloo on the CPU). Without those variables every function here is the single-process identity, so the
 stages call them unconditionally.
 
-The division of work (DESIGN.md, "Scale-out"):
+The division of work (docs/design.md, "Scale-out"):
 - training stages (cls, c2am, irn, seg) wrap the model in DistributedDataParallel; each optimiser step's
   global batch of `batch_size` images is split evenly over the ranks (fastwsss.training);
 - per-image stages (cam, ir_label, pseudo, global_cam, eval, the seg stage's predictions and scores) take

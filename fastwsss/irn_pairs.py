@@ -1,4 +1,4 @@
-"""Pair labels and the affinity loss of IRN training (ALGORITHMS.md section 4).
+"""Pair labels and the affinity loss of IRN training (docs/algorithms.md section 4).
 
 IR labels (0 = sure background, 1..K = class, 255 = unsure) are taken at the stride-4 grid by nearest
 sampling, `label[::4, ::4]`, which has ((H - 1) // 4 + 1) rows like the boundary map. For every direction
@@ -114,7 +114,8 @@ def affinity_loss(
     bg_pos = mean over bg_pos pairs of -log(a + 1e-5), fg_pos likewise, neg = mean over neg pairs of
     -log(1 + 1e-5 - a); each mean is taken over all pairs of the batch and an empty set gives 0. The two
     positive parts are averaged, pos = bg_pos / 2 + fg_pos / 2, and the total averages the positive and
-    negative parts, (pos + neg) / 2, as IRNet's edge branch does (ALGORITHMS.md section 4). Returns (total, {"bg_pos", "fg_pos", "pos", "neg"}) as tensors.
+    negative parts, (pos + neg) / 2, as IRNet's edge branch does (docs/algorithms.md section 4).
+    Returns (total, {"bg_pos", "fg_pos", "pos", "neg"}) as tensors.
     """
     if aff.shape != masks.bg_pos.shape:
         raise ValueError(f"affinities {tuple(aff.shape)} and pair masks {tuple(masks.bg_pos.shape)} differ in shape")

@@ -1,4 +1,4 @@
-"""Segmentation metrics with the semantics of ALGORITHMS.md section 9.
+"""Segmentation metrics with the semantics of docs/algorithms.md section 9.
 
 Labels 0..L-1 (0 = background), 255 ignored. Rows of the confusion matrix are ground truth, columns are
 predictions. IoU = diag / (row + col - diag); a class absent from both gt and prediction has IoU NaN and

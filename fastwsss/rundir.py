@@ -1,4 +1,4 @@
-"""The run directory: every stage reads its inputs from it and writes its outputs to it (DESIGN.md).
+"""The run directory: every stage reads its inputs from it and writes its outputs to it (docs/design.md).
 
     RUNDIR/config.json  metrics.jsonl  cls/ckpt.pt  cams/<id>.npz  ...
 

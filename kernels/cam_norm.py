@@ -1,4 +1,4 @@
-"""cam_norm: ReLU, then divide each (image, class) map by its spatial maximum + eps (ALGORITHMS.md s. 2).
+"""cam_norm: ReLU, then divide each (image, class) map by its spatial maximum + eps (docs/algorithms.md section 2).
 
 Two ops live here, both dispatched by `kernel_backend`:
 

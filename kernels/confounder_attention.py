@@ -1,4 +1,4 @@
-"""confounder_attention: CONTA's context adjustment M(x) over the confounder set (ALGORITHMS.md s. 7, Eq. 3).
+"""confounder_attention: CONTA's context adjustment M(x) over the confounder set (docs/algorithms.md section 7, Eq. 3).
 
 For an image whose predicted mask, flattened to hw values, is x_m, and the confounder set C = {c_1..c_n}
 (c_i: the average mask of class i at the same hw resolution) with prior P(c_i):

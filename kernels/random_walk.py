@@ -1,4 +1,4 @@
-"""random_walk: propagate CAMs along the boundary map (ALGORITHMS.md section 5).
+"""random_walk: propagate CAMs along the boundary map (docs/algorithms.md section 5).
 
 On the h x w grid (n = h * w pixels), IRNet builds the symmetric affinity A (path-max affinity of every
 pair of the radius-r half disc, A_ii = 1, zero elsewhere), the column-stochastic T = A^beta / colsum(A^beta),

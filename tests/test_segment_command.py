@@ -42,7 +42,7 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 
 
 def write_inputs(folder: Path) -> None:
-    """One file per case of the brief: good ones of every convertible kind, and truly bad ones."""
+    """One file per input case: good ones of every convertible kind, and truly bad ones."""
     folder.mkdir(parents=True)
     (folder / "sub").mkdir()
     rgb = Image.fromarray(picture(48, 64))

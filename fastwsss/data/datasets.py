@@ -31,7 +31,7 @@ from fastwsss.data.transforms import (
 
 
 class ClassificationDataset(Dataset):
-    """Images as float32 3 x crop x crop tensors with their multi-hot labels (ALGORITHMS.md section 2).
+    """Images as float32 3 x crop x crop tensors with their multi-hot labels (docs/algorithms.md section 2).
 
     With `augment=True`: random long-side resize in `resize_long`, random h-flip, ImageNet normalisation,
     random crop (pad 0). With `augment=False`: long side resized to `crop`, normalised, top-left placed on

@@ -1,4 +1,4 @@
-"""Image and mask transforms for classifier and segmentation training (ALGORITHMS.md section 2).
+"""Image and mask transforms for classifier and segmentation training (docs/algorithms.md section 2).
 
 Plain numpy + PIL. Every random choice is drawn from a `np.random.Generator` passed in by the caller,
 so a sample is a pure function of (image, generator state): the data sets seed one generator per

@@ -1,6 +1,6 @@
 """PASCAL VOC 2012 (with the SBD-augmented `train_aug` split) as a `SegmentationSource`.
 
-Layout (ALGORITHMS.md section 10)::
+Layout (docs/algorithms.md section 10)::
 
     VOCdevkit/VOC2012/
         JPEGImages/<id>.jpg

@@ -1,4 +1,4 @@
-"""C2AM's front-door adjustment (ALGORITHMS.md section 6; C2AM paper, Eq. 6-7).
+"""C2AM's front-door adjustment (docs/algorithms.md section 6; C2AM paper, Eq. 6-7).
 
     G   = mean over training images of their baseline CAMs, each resized to S x S (aspect ratio ignored),
           max-normalised per present class, absent classes zero        -> `GlobalCamAccumulator`

@@ -1,4 +1,4 @@
-"""CONTA's context adjustment (ALGORITHMS.md section 7; CONTA paper, Section 3.2, Eq. 1-3).
+"""CONTA's context adjustment (docs/algorithms.md section 7; CONTA paper, Section 3.2, Eq. 1-3).
 
 Round t >= 1 of CONTA:
     X_m  = the foreground of an image's predicted mask (round t-1), area-averaged onto an S x S grid and

@@ -4,7 +4,7 @@ The standard names build exactly torchvision's ResNet trunks (same blocks, same 
 weights) so that a torchvision ImageNet state dict loads into them; `resnet18_half` and
 `resnet18_quarter` are the same BasicBlock trunk with every width divided by 2 or 4, for the CPU presets.
 
-Output stride (ALGORITHMS.md section 2):
+Output stride (docs/algorithms.md section 2):
     32: strides (conv1, layer2, layer3, layer4) = (2, 2, 2, 2), torchvision's default
     16: (2, 2, 2, 1), layer4 keeps stride 1 WITHOUT dilation (IRNet's choice)
      8: (2, 2, 1, 1), layer3 and layer4 keep stride 1, again without dilation

@@ -1,4 +1,4 @@
-"""The CAM classifier of ALGORITHMS.md section 2: ResNet features -> GAP -> 1x1 conv head -> K logits.
+"""The CAM classifier of docs/algorithms.md section 2: ResNet features -> GAP -> 1x1 conv head -> K logits.
 
 Training-time freezing follows IRNet:
 - `freeze_bn`: every BatchNorm uses its running statistics (stays in eval mode even under `.train()`)

@@ -1,4 +1,4 @@
-"""DeepLab segmentation models trained on the pseudo masks (ALGORITHMS.md section 8).
+"""DeepLab segmentation models trained on the pseudo masks (docs/algorithms.md section 8).
 
 Two registered models, both mapping (B, 3, H, W) images to (B, K+1, H, W) logits:
 
@@ -18,7 +18,7 @@ ResNet gives the first block of a stage the previous rate; that only matters for
 it). Dilation changes no weight shape, so ImageNet weights load the same way.
 
 The final resize is `F.interpolate(size=images.shape[-2:], mode="bilinear", align_corners=False)`, so an
-exported graph resizes by the input's shape (DEPLOY.md). BatchNorm trains as usual unless
+exported graph resizes by the input's shape (docs/deploy.md). BatchNorm trains as usual unless
 `freeze_batchnorm()` is called (`seg.freeze_bn`, the released DeepLab's freeze_bn): then every BatchNorm of
 the backbone keeps its ImageNet statistics (eval mode under `.train()` too) and its affine parameters.
 """

@@ -1,4 +1,4 @@
-"""IRN's boundary (edge) branch on a frozen ResNet (ALGORITHMS.md section 4).
+"""IRN's boundary (edge) branch on a frozen ResNet (docs/algorithms.md section 4).
 
 Five feature taps of the frozen backbone -- the stem after the max-pool (stride 4), layer1 (stride 4),
 layer2 (stride 8), layer3 (stride 16) and layer4 (the backbone's output stride) -- each go through a

@@ -1,4 +1,4 @@
-"""Stage `c2am`: fine-tune the baseline classifier with C2AM's scaled logits (ALGORITHMS.md section 6).
+"""Stage `c2am`: fine-tune the baseline classifier with C2AM's scaled logits (docs/algorithms.md section 6).
 
 Starts from RUNDIR/cls/ckpt.pt with BatchNorm in train mode and every layer trainable (the released
 schedule; `c2am.freeze_bn`), trains `c2am.epochs` with BCE-with-logits of s_c * M_c (M_c from the global

@@ -1,4 +1,4 @@
-"""Stage `cls`: train the CAM classifier (ALGORITHMS.md section 2).
+"""Stage `cls`: train the CAM classifier (docs/algorithms.md section 2).
 
 Multilabel soft-margin loss, SGD with poly lr (head lr x head_lr_mult), a resumable checkpoint after every
 epoch (RUNDIR/cls/last.pt, see fastwsss.training) and the final model in RUNDIR/cls/ckpt.pt.

@@ -1,4 +1,4 @@
-"""Stage `eval`: score whatever the run directory holds against the ground truth (ALGORITHMS.md section 9).
+"""Stage `eval`: score whatever the run directory holds against the ground truth (docs/algorithms.md section 9).
 
 CAM seeds: a constant background plane is prepended to the normalised high_res CAMs and the argmax taken,
 for the configured threshold and for a sweep of thresholds (C2AM sweeps 0.13..0.20). IR labels are scored

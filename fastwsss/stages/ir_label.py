@@ -1,4 +1,4 @@
-"""Stage `ir_label`: confident seeds from the CAMs for IRN training (ALGORITHMS.md section 3).
+"""Stage `ir_label`: confident seeds from the CAMs for IRN training (docs/algorithms.md section 3).
 
 A pixel is a sure foreground pixel of class c when c wins the argmax against a background plane at the
 high threshold (0.30), a sure background pixel when even the low threshold (0.05) beats every class, and

@@ -1,4 +1,4 @@
-"""Stage `irn`: train IRN's boundary branch from the IR labels (ALGORITHMS.md section 4).
+"""Stage `irn`: train IRN's boundary branch from the IR labels (docs/algorithms.md section 4).
 
 Inputs: RUNDIR/ir_labels/<id>.png (P-mode, 0 = sure background, 1..K = class, 255 = unsure) for the
 images of `data.cam_split`, written by the ir_label stage, and -- with `irn.backbone_from = "cls"` -- the

@@ -1,4 +1,4 @@
-"""Stage `pseudo`: propagate the CAMs along IRN's boundaries by random walk (ALGORITHMS.md section 5).
+"""Stage `pseudo`: propagate the CAMs along IRN's boundaries by random walk (docs/algorithms.md section 5).
 
 Per image: boundary probabilities at stride 4 from the image and its flip, `cam4 * (1 - edge)` walked with
 the column-normalised transition T = A^beta / colsum for 2^exp_times steps (the sparse walk of

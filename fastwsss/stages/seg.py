@@ -1,4 +1,4 @@
-"""Stage `seg`: train DeepLab on the pseudo masks, evaluate it, predict the CAM split (ALGORITHMS.md 8, 9).
+"""Stage `seg`: train DeepLab on the pseudo masks, evaluate it, predict the CAM split (docs/algorithms.md sections 8-9).
 
 Training data: the images of `data.cam_split` with RUNDIR/pseudo/<id>.png (P-mode, 0 = background, 1..K)
 as their masks; images without a pseudo mask are left out with one summary warning. Augmentation: the long

@@ -300,7 +300,7 @@ def test_module_imports_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
 # The Triton kernels (Triton interpreter on CPU: tests/conftest.py sets TRITON_INTERPRET=1).
 # --------------------------------------------------------------------------------------------------------------
 
-# The brief's awkward shapes (hw never a multiple of a block), plus shapes that exercise the tiling paths in the
+# Awkward shapes (hw never a multiple of a block), plus shapes that exercise the tiling paths in the
 # interpreter's configuration: hw = 5000 is 5 blocks of 1024 over 3 splits (a loop per split, a tail split),
 # n = 150 needs two 128-wide tiles of rows and columns (and two chunks of the inner loop), B = 20 > 16.
 TRITON_SHAPES = [(1, 1, 1), (2, 2, 5), (3, 20, 64), (2, 80, 7), (1, 3, 1000)]

@@ -314,7 +314,7 @@ def dense_expected() -> torch.Tensor:
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_random_walk_equals_the_dense_walk(backend: str) -> None:
-    """The issue's acceptance, outputs equal within 1e-4 of the maximum, on a VOC-sized grid with exp_times = 8.
+    """The kernels' target: outputs equal within 1e-4 of the maximum, on a VOC-sized grid with exp_times = 8.
 
     In fp64 (Triton keeps fp64) that should hold with a wide margin (not yet run on a GPU). In fp32 the floor
     is fp32 itself: after 256 steps a fp32 walk is about 2e-4 off the fp64 one (1.1e-4 to 2.4e-4 measured on the
