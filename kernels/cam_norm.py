@@ -38,7 +38,6 @@ limitation; on a GPU the cast rounds to nearest even like torch), so bf16 may di
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable
 
@@ -46,6 +45,7 @@ import torch
 
 from fastwsss.kernels.cuda_ext import cam_norm_cuda
 from fastwsss.kernels.dispatch import kernel_backend, register_backends
+from fastwsss.kernels.launch import l2_bytes, next_pow2, sm_count
 
 try:  # triton is optional (Linux only): without it only the reference backends are registered.
     import triton
@@ -325,20 +325,6 @@ if triton is not None:
         tl.store(labels_ptr + b.to(tl.int64) * n_pixels + cols, label.to(tl.int64), mask=col_mask)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-@functools.lru_cache(maxsize=16)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-@functools.lru_cache(maxsize=16)
-def _l2_bytes(device_index: int) -> int:
-    return int(getattr(torch.cuda.get_device_properties(device_index), "L2_cache_size", 0))
-
-
 def _plane_groups(n_planes: int, plane_bytes: int, budget_bytes: int) -> list[tuple[int, int]]:
     """Consecutive plane ranges of at most `budget_bytes` each (at least one plane), or one range without a budget.
 
@@ -355,14 +341,13 @@ def _target_programs(cams: torch.Tensor) -> int:
     """Programs that fill the device: a few per SM on a GPU; 1 under the CPU interpreter (fewest programs)."""
     if not cams.is_cuda:
         return 1
-    index = cams.device.index if cams.device.index is not None else torch.cuda.current_device()
-    return _PROGRAMS_PER_SM * _sm_count(index)
+    return _PROGRAMS_PER_SM * sm_count(cams.device)
 
 
 def _plane_config(n_planes: int, n_pixels: int) -> tuple[int, int, int]:
     """(ROWS, BLOCK, num_warps) for tiles of ROWS planes x BLOCK pixels."""
-    block = min(max(_next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
-    rows = max(1, min(_TILE // block, _next_pow2(n_planes)))
+    block = min(max(next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
+    rows = max(1, min(_TILE // block, next_pow2(n_planes)))
     num_warps = 4 if rows * block <= 1024 else 8
     return rows, block, num_warps
 
@@ -446,7 +431,7 @@ def _l2_budget(cams: torch.Tensor) -> int:
     """Bytes of input per group of the split scheme: a third of the L2 (0, no grouping, off the GPU)."""
     if not cams.is_cuda:
         return 0
-    return _l2_bytes(cams.device.index if cams.device.index is not None else torch.cuda.current_device()) // 3
+    return l2_bytes(cams.device) // 3
 
 
 def _split_scale(cams: torch.Tensor, out: torch.Tensor, eps: float, n_chunks: int | None) -> None:
@@ -457,7 +442,7 @@ def _split_scale(cams: torch.Tensor, out: torch.Tensor, eps: float, n_chunks: in
     partial, chunk, n_chunks, rows, block, num_warps = _partial_maxima(cams, n_chunks)
     _cam_norm_scale_kernel[(math.ceil(n_planes / rows), n_chunks)](
         cams, partial, out, n_planes, n_pixels, k_, w_, sb, sk, sh, sw, chunk, n_chunks, float(eps),
-        PLANE_CONTIGUOUS=contiguous, ROWS=rows, BLOCK=block, CHUNKS_BLOCK=max(2, _next_pow2(n_chunks)),
+        PLANE_CONTIGUOUS=contiguous, ROWS=rows, BLOCK=block, CHUNKS_BLOCK=max(2, next_pow2(n_chunks)),
         num_warps=num_warps,
     )  # fmt: skip
 
@@ -473,12 +458,12 @@ def _cam_norm_seeds_triton(
         return labels
     n_pixels = h * w
     k_, w_, sb, sk, sh, sw, contiguous = _launch_args(cams)
-    block = min(max(_next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
+    block = min(max(next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
     with _on_device(cams):
         partial, _, n_chunks, _, _, _ = _partial_maxima(cams, n_chunks)
         _cam_norm_seeds_kernel[(batch, math.ceil(n_pixels / block))](
             cams, partial, labels, n_pixels, k_, w_, sb, sk, sh, sw, n_chunks, float(eps), float(bg_threshold),
-            PLANE_CONTIGUOUS=contiguous, BLOCK=block, CHUNKS_BLOCK=max(2, _next_pow2(n_chunks)),
+            PLANE_CONTIGUOUS=contiguous, BLOCK=block, CHUNKS_BLOCK=max(2, next_pow2(n_chunks)),
             num_warps=4 if block <= 512 else 8,
         )  # fmt: skip
     return labels

@@ -36,6 +36,7 @@ from collections.abc import Callable
 import torch
 
 from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends
+from fastwsss.kernels.launch import sm_count
 
 OP = "confounder_attention"
 
@@ -252,10 +253,6 @@ def _interpreted(tensor: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (R, hw) @ b (N, hw)^T in fp32, both contiguous: (R, N) fp32."""
     rows, hw = a.shape
@@ -271,7 +268,7 @@ def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # <= 168 registers and no spills (ptxas -v, triton 3.8).
         block_r, block_n, block_hw = _block(rows, 16, 64), _block(cols, 16, 64), 32
         num_warps = 8 if block_r * block_n >= 2048 else 4
-        target = 2 * _sm_count(a.device)  # about two programs per SM, split over the hw axis
+        target = 2 * sm_count(a.device)  # about two programs per SM, split over the hw axis
     tiles = triton.cdiv(rows, block_r) * triton.cdiv(cols, block_n)
     blocks = triton.cdiv(hw, block_hw)
     splits = max(1, min(blocks, target // tiles))

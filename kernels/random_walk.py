@@ -34,6 +34,7 @@ from fastwsss.affinity import (
 )
 from fastwsss.kernels.cuda_ext import random_walk_steps_cuda
 from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends, triton_runs_on
+from fastwsss.kernels.launch import next_pow2
 
 OP = "random_walk"
 DENSE_MAX_PIXELS = 4096
@@ -252,10 +253,6 @@ TAPS_NUM_WARPS = 8
 STEP_NUM_WARPS = 4
 
 
-def _next_pow2(value: int) -> int:
-    return 1 << max(0, int(value) - 1).bit_length()
-
-
 @functools.cache
 def _direction_tables(radius: int, padded_width: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """(dy, dx) per direction, and per direction its L path points as flat offsets in a row of `padded_width`.
@@ -421,8 +418,8 @@ def _transition_taps_triton(edge: torch.Tensor, beta: float, radius: int) -> tup
     padded = F.pad(edge.detach().to(dtype), (pad, pad, pad, pad), mode="constant", value=1.0).contiguous()
     flat_dirs, flat_paths, path_len = _direction_tables(radius, width + 2 * pad)
     n = height * width
-    block_d = _next_pow2(max(1, len(directions)))
-    block_p = max(16, min(_next_pow2(n), TAPS_TILE // block_d))
+    block_d = next_pow2(max(1, len(directions)))
+    block_p = max(16, min(next_pow2(n), TAPS_TILE // block_d))
     with _device_context(padded):
         _taps_kernel[(triton.cdiv(n, block_p), batch)](
             padded,
@@ -464,8 +461,8 @@ def _apply_taps_triton(
     weights = weights.to(x.dtype).contiguous()
     table = _int_table([dy * padded_width + dx for dy, dx in offsets], x.device)
     n = height * width
-    block_k = min(STEP_BLOCK_K, _next_pow2(classes))
-    block_p = max(16, min(STEP_BLOCK_P, _next_pow2(n)))
+    block_k = min(STEP_BLOCK_K, next_pow2(classes))
+    block_p = max(16, min(STEP_BLOCK_P, next_pow2(n)))
     grid = (triton.cdiv(n, block_p), triton.cdiv(classes, block_k), batch)
     src, dst = buffers
     with _device_context(x):

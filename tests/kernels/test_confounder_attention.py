@@ -374,7 +374,7 @@ def test_triton_gpu_tiling_in_the_interpreter(
     """The tile sizes, warp counts and splits chosen for a GPU (64-wide tiles, BLOCK_HW 32 for q/k, a K loop in
     16-wide chunks), run by the interpreter: 2 x 2 tiles for k at n = 80, several splits, several hw blocks."""
     monkeypatch.setattr(ca_module, "_interpreted", lambda tensor: False)
-    monkeypatch.setattr(ca_module, "_sm_count", lambda device: 4)  # 8 programs per q/k product
+    monkeypatch.setattr(ca_module, "sm_count", lambda device: 4)  # 8 programs per q/k product
     batch, n, hw = shape
     inputs = list(make_inputs(batch, n, hw, seed=sum(shape), dtype=dtype))
     prior = torch.softmax(torch.linspace(-1.0, 2.0, n), dim=0)
