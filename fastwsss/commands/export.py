@@ -45,6 +45,7 @@ from fastwsss.data.base import SegmentationSource
 from fastwsss.errors import ConfigError, RunDirError
 from fastwsss.export.int8_eval import val_source
 from fastwsss.export.onnx import build_metadata, export_cam_onnx, export_seg_onnx, parity_report
+from fastwsss.export.runtime_openvino import openvino_unavailable_reason
 from fastwsss.export.tensorrt import Profile, build_engine, build_plan, tensorrt_unavailable_reason
 from fastwsss.io import write_json
 from fastwsss.progress import console
@@ -153,16 +154,27 @@ def _export_int8(
             candidates[method] = quantize.quantize_seg_onnx(out_dir / "model.onnx", Path(tmp) / f"{method}.onnx",
                                                             calibration, method)  # fmt: skip
         _say(f"int8: scoring {len(candidates)} candidates and fp32 on {len(plan.ids)} {plan.source.split} images ...")
-        scores = int8_eval.score_candidates(out_dir / "model.onnx", candidates, plan, num_labels, say=_say)
+        runners = {method: int8_eval.ort_runner(path) for method, path in candidates.items()}
+        scores = int8_eval.score_candidates(out_dir / "model.onnx", runners, plan, num_labels, say=_say)
         method = int8_eval.choose(scores)
         quantize.copy_candidate(candidates[method], out_dir / INT8_ONNX)
     info = {"split": train.split, "images": len(calibration.images), "first_id": calibration.ids[0],
             "last_id": calibration.ids[-1], "skipped": calibration.skipped}  # fmt: skip
     report = int8_eval.int8_report(INT8_ONNX, method, scores, plan, info)
+    if openvino_unavailable_reason() is None:  # the same scores for the optional OpenVINO backend
+        _say(f"int8: scoring {INT8_ONNX} on OpenVINO on the same {len(plan.ids)} images ...")
+        runner = {"openvino": int8_eval.openvino_runner(out_dir / INT8_ONNX)}
+        row = int8_eval.score_candidates(out_dir / "model.onnx", runner, plan, num_labels)["candidates"]["openvino"]
+        report["openvino"] = {**row, "miou": row["miou"] if report["miou"] is not None else None}
     for row in report["candidates"]:
         score = "-" if row["miou"] is None else f"{row['miou']:.2f}"
         _say(f"int8 {row['method']}: mIoU {score}, argmax agreement {row['agreement_pct']:.2f}%, "
              f"max |logit diff| {row['max_abs_diff']:.3f}" + ("  <- kept" if row["method"] == method else ""))  # fmt: skip
+    if "openvino" in report:
+        row = report["openvino"]
+        score = "-" if row["miou"] is None else f"{row['miou']:.2f}"
+        _say(f"int8 {method} on OpenVINO: mIoU {score}, argmax agreement {row['agreement_pct']:.2f}%, "
+             f"max |logit diff| {row['max_abs_diff']:.3f}")  # fmt: skip
     fp32 = "absent" if report["fp32_miou"] is None else f"{report['fp32_miou']:.2f}"
     _say(f"int8: {INT8_ONNX} ({method}) on {report['images']} {report['split']} images: mIoU "
          f"{'absent' if report['miou'] is None else format(report['miou'], '.2f')} (fp32 {fp32})")  # fmt: skip
