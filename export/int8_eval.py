@@ -106,22 +106,35 @@ class _Tally:
         }
 
 
-def _session(path: Path) -> Any:
+Runner = Callable[[np.ndarray], np.ndarray]
+"""Normalised (1, 3, H, W) float32 -> (1, K+1, H, W) logits."""
+
+
+def ort_runner(path: Path) -> Runner:
+    """An ONNX file on onnxruntime's CPU provider (its default threads) as a Runner."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["logits"], {INPUT_NAME: x})[0]
+
+
+def openvino_runner(path: Path) -> Runner:
+    """An ONNX file on the openvino backend (export/runtime_openvino.py, its serving settings) as a Runner."""
+    from fastwsss.export.runtime_openvino import OpenVinoSegmenter
+
+    segmenter = OpenVinoSegmenter(path, "cpu")
+    return lambda x: segmenter.logits(x).numpy()
 
 
 def score_candidates(
-    fp32_path: Path, candidates: dict[str, Path], plan: EvalPlan, num_labels: int, say: Callable[[str], None] = print
+    fp32_path: Path, candidates: dict[str, Runner], plan: EvalPlan, num_labels: int, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """{"fp32": row, "candidates": {method: row}, "images": n, "skipped": [...]}; rows as `_Tally.row`.
+    """{"fp32": row, "candidates": {name: row}, "images": n, "skipped": [...]}; rows as `_Tally.row`.
 
     An evaluation image that cannot be read is skipped with one line naming it (it counts for no model)."""
-    reference = _session(fp32_path)
-    sessions = {name: _session(path) for name, path in candidates.items()}
+    reference = ort_runner(fp32_path)
     tallies = {name: _Tally(ConfusionMeter(num_labels)) for name in ["fp32", *candidates]}
     scored = plan.target != "fp32"
     done, skipped = 0, []
@@ -132,10 +145,10 @@ def score_candidates(
             skipped.append(image_id)
             say(f"skipped evaluation image {plan.source.image_path(image_id)}: {one_line(str(exc))[:160]}")
             continue
-        feed = {INPUT_NAME: _image_tensor(image)}
-        ref = reference.run(["logits"], feed)[0]
+        x = _image_tensor(image)
+        ref = reference(x)
         ref_labels = ref.argmax(axis=1)[0]
-        outputs = {"fp32": ref, **{name: s.run(["logits"], feed)[0] for name, s in sessions.items()}}
+        outputs = {"fp32": ref, **{name: run(x) for name, run in candidates.items()}}
         for name, logits in outputs.items():
             labels = logits.argmax(axis=1)[0]
             tally = tallies[name]

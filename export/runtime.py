@@ -263,8 +263,8 @@ def _onnxruntime_on_cuda(device: str | None) -> bool:
 def _export_note(path: Path) -> str:
     """What a run's export file is, for the line that says which model runs."""
     if path.name == INT8_ONNX:
-        return f"the run's int8 export {path.name} (static int8, Q/DQ; `fastwsss export --int8`)"
-    return f"the run's fp32 export {path.name}"
+        return f"the run's int8 export {EXPORT_FOLDER}/{path.name} (static int8, Q/DQ; `fastwsss export --int8`)"
+    return f"the run's up-to-date fp32 export {EXPORT_FOLDER}/{path.name}"
 
 
 def _auto_choice(path: Path, kind: str, device: str | None) -> tuple[str, Path, str]:

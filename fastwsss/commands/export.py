@@ -42,7 +42,7 @@ from fastwsss.artifacts import final_classifier_checkpoint, final_seg_checkpoint
 from fastwsss.config import RunConfig
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource
-from fastwsss.errors import ConfigError, RunDirError
+from fastwsss.errors import ConfigError, DataError, RunDirError, one_line
 from fastwsss.export.int8_eval import val_source
 from fastwsss.export.onnx import build_metadata, export_cam_onnx, export_seg_onnx, parity_report
 from fastwsss.export.runtime_openvino import openvino_unavailable_reason
@@ -122,9 +122,20 @@ def odd_size(height: int, width: int) -> tuple[int, int]:
 
 
 def parity_images(source: SegmentationSource, count: int = PARITY_IMAGES) -> tuple[list[np.ndarray], list[dict]]:
-    """The first `count` images of `source` plus the first one resized to an odd size, and their description."""
-    ids = source.ids[:count]
-    images = [source.load_image(image_id) for image_id in ids]
+    """The first `count` readable images of `source` plus the first one resized to an odd size, and their
+    description; an unreadable image is skipped with one line naming it."""
+    ids, images = [], []
+    for image_id in source.ids:
+        if len(ids) == count:
+            break
+        try:
+            images.append(source.load_image(image_id))
+        except DataError as exc:
+            _say(f"skipped parity image {source.image_path(image_id)}: {one_line(str(exc))[:160]}")
+            continue
+        ids.append(image_id)
+    if not ids:
+        raise DataError(f"{source.root}: split {source.split!r} has no readable image for the parity check")
     info = [{"id": i, "height": int(a.shape[0]), "width": int(a.shape[1])} for i, a in zip(ids, images, strict=True)]
     height, width = odd_size(*images[0].shape[:2])
     images.append(np.asarray(Image.fromarray(images[0]).resize((width, height), Image.Resampling.BILINEAR)))
@@ -302,12 +313,15 @@ def export_command(
 
 def _print_summary(result: dict[str, Any]) -> None:
     table = Table(title=f"export -> {escape(result['out'])}", show_lines=False)
-    for column in ("file", "kind", "precision", "max |diff|", "argmax agree", "parity"):
+    for column in ("file", "kind", "precision", "max |diff|", "argmax agree", "val mIoU (fp32)", "parity"):
         table.add_column(column)
     for name, row in result["parity"].items():
         diff = "-" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"
         verdict = "[green]pass[/green]" if row["passed"] else "[red]FAIL[/red]"
-        table.add_row(escape(name), row["kind"], row["precision"], diff, f"{row['agreement_pct']:.3f}%", verdict)
+        miou = "-"
+        if "miou" in row:  # the int8 model: scored on the val split, or marked absent without one
+            miou = "absent" if row["miou"] is None else f"{row['miou']:.2f} ({row['fp32_miou']:.2f})"
+        table.add_row(escape(name), row["kind"], row["precision"], diff, f"{row['agreement_pct']:.3f}%", miou, verdict)
     console.print(table)
     console.print(f"onnxruntime providers used: {', '.join(result['providers'])}")
     info = result["tensorrt"]
