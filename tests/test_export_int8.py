@@ -138,6 +138,7 @@ def test_calib_zero_with_int8_is_an_error_naming_calib(tiny_run):
         check_options(False, False, True, 0, "seg")
     with pytest.raises(ConfigError, match="--what seg"):
         check_options(False, False, True, 8, "cam")
+    assert check_options(True, False, True, 8, "cam") == "int8"  # a TensorRT 10 engine of the classifier
     assert check_options(False, False, True, 8, "all") == "int8"  # --int8 alone: no --trt needed
     result = CliRunner().invoke(app, ["export", str(tiny_run), "--int8", "--calib", "0", "--out", str(tiny_run / "x")])
     assert result.exit_code != 0 and "--calib" in result.output

@@ -69,8 +69,8 @@ def check_options(trt: bool, fp16: bool, int8: bool, calib: int, what: str) -> s
         raise ConfigError("--fp16 sets the TensorRT engine precision; add --trt")
     if int8 and calib <= 0:
         raise ConfigError(f"--calib: --int8 needs N > 0 calibration images, got {calib}")
-    if int8 and what == "cam":
-        raise ConfigError("--int8 quantises the DeepLab: use --what seg or --what all")
+    if int8 and what == "cam" and not trt:
+        raise ConfigError("--int8 quantises the DeepLab: use --what seg or --what all (or add --trt for an engine)")
     return "fp16" if fp16 else "int8" if int8 else "fp32"
 
 
@@ -250,7 +250,8 @@ def export_command(
         jobs.append(("cam", model.eval(), {}, meta))
     fp16_onnx = plan is not None and plan.needs_fp16_onnx
     stems = [stem for stem, *_ in jobs] + ([f"{stem}_fp16" for stem, *_ in jobs] if fp16_onnx else [])
-    files = [f"{stem}.onnx" for stem in stems] + ([INT8_ONNX] if int8 else []) + [PARITY]
+    write_qdq = int8 and what in ("seg", "all")  # model_int8.onnx is the quantised DeepLab
+    files = [f"{stem}.onnx" for stem in stems] + ([INT8_ONNX] if write_qdq else []) + [PARITY]
     owned = sorted(set(owned) | set(files))
     _record(out_dir, run.path, owned)
 
@@ -262,7 +263,7 @@ def export_command(
             exporter = export_cam_onnx if stem == "cam" else export_seg_onnx
             exporter(model, out_dir / name, metadata=meta, example_hw=crop, fp16=half, **kwargs)
             reports[name] = parity_report(model, out_dir / name, images)
-    if int8:
+    if write_qdq:
         reports[INT8_ONNX] = _export_int8(out_dir, run.path, config, calib, eval_images, source.num_classes + 1)
     parity_passed = all(report["passed"] for report in reports.values())
     write_json(out_dir / PARITY, {"images": image_info, "passed": parity_passed, "reports": reports})
