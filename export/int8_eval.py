@@ -178,12 +178,18 @@ def choose(scores: dict[str, Any]) -> str:
     return max(scores["candidates"], key=key)
 
 
+def passes(row: dict[str, Any], fp32_miou: float | None) -> bool:
+    """>= MIN_AGREEMENT_PCT argmax agreement and, with a val mIoU on both sides, at most MAX_MIOU_DROP lost."""
+    drop = fp32_miou - row["miou"] if fp32_miou is not None and row["miou"] is not None else None
+    return row["agreement_pct"] >= MIN_AGREEMENT_PCT and (drop is None or drop <= MAX_MIOU_DROP)
+
+
 def int8_report(name: str, method: str, scores: dict[str, Any], plan: EvalPlan, calibration: dict[str, Any]) -> dict:
     """The parity.json entry of model_int8.onnx: chosen method, every candidate's score, fp32 beside int8."""
     row, fp32 = scores["candidates"][method], scores["fp32"]
     val = plan.target == "val"
     drop = fp32["miou"] - row["miou"] if val and row["miou"] is not None and fp32["miou"] is not None else None
-    passed = row["agreement_pct"] >= MIN_AGREEMENT_PCT and (drop is None or drop <= MAX_MIOU_DROP)
+    passed = passes(row, fp32["miou"] if val else None)
     report = {
         "onnx": name,
         "kind": "seg",

@@ -176,7 +176,8 @@ def _export_int8(
         _say(f"int8: scoring {INT8_ONNX} on OpenVINO on the same {len(plan.ids)} images ...")
         runner = {"openvino": int8_eval.openvino_runner(out_dir / INT8_ONNX)}
         row = int8_eval.score_candidates(out_dir / "model.onnx", runner, plan, num_labels)["candidates"]["openvino"]
-        report["openvino"] = {**row, "miou": row["miou"] if report["miou"] is not None else None}
+        row["miou"] = row["miou"] if report["miou"] is not None else None
+        report["openvino"] = {**row, "passed": int8_eval.passes(row, report["fp32_miou"])}
     for row in report["candidates"]:
         score = "-" if row["miou"] is None else f"{row['miou']:.2f}"
         _say(f"int8 {row['method']}: mIoU {score}, argmax agreement {row['agreement_pct']:.2f}%, "
