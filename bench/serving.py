@@ -78,10 +78,11 @@ def make_images(height: int, width: int, count: int) -> np.ndarray:
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """ "512x512,500x375" -> [(512, 512), (500, 375)]: (width, height) pairs."""
+    """ "512x512,500x375" -> [(512, 512), (500, 375)]: (width, height) pairs; "64" means 64x64."""
     sizes = []
     for part in text.split(","):
         pieces = part.strip().lower().split("x")
+        pieces = pieces * 2 if len(pieces) == 1 else pieces
         if len(pieces) != 2 or not all(p.isdigit() and int(p) > 0 for p in pieces):
             raise argparse.ArgumentTypeError(f"--sizes wants WxH pairs like 512x512,500x375; got {part!r}")
         sizes.append((int(pieces[0]), int(pieces[1])))

@@ -18,7 +18,10 @@
    runs, so the file would no longer load on other onnxruntime builds or in TensorRT, which reads the
    Q/DQ pairs to place its int8 layers. A serving session applies those fusions itself when it starts.
 
-Which method is kept is decided by measurement (fastwsss.export.int8_eval), never fixed here. Calibration
+Which method is kept is decided by measurement (fastwsss.export.int8_eval), never fixed here. Note on
+Entropy: onnxruntime 1.32's quantize_static builds its histograms with 128 bins and searches thresholds
+from 128 quantised bins, which leaves the full range as the only candidate, so its activation ranges
+equal MinMax's (all 36 scales of the synthetic run's DeepLab); the report still scores it. Calibration
 images that cannot be read are skipped with one line naming the file; fewer usable images than asked
 is an error that says how many there were.
 """

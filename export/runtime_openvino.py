@@ -1,14 +1,14 @@
 """The OpenVINO backend of export/runtime.py: an exported .onnx file (fp32 or int8 Q/DQ) on OpenVINO's CPU plugin.
 
 Optional: `pip install 'fastwsss[openvino]'`. OpenVINO reads the ONNX file directly (no conversion step
-on disk) and turns the Q/DQ pairs of model_int8.onnx into int8 convolutions that use the CPU's VNNI and
-AMX units; on the 2-core Xeon with AMX it served resnet18_half DeepLab-v2 at 512x512 several times faster
-than onnxruntime did with the same int8 file (README, serving table).
+on disk) and turns the Q/DQ pairs of model_int8.onnx into the int8 convolutions of its CPU plugin; on
+the 2-core Xeon with AMX it served resnet18_half DeepLab-v2 at 512x512 about twice as fast as onnxruntime
+did with the same int8 file (README, serving table).
 
 Settings: the CPU plugin with `cpu_threads()` inference threads, the LATENCY hint (one stream: one image
 batch at a time, like the other backends), and INFERENCE_PRECISION_HINT f32. On CPUs with AMX or
 avx512_bf16 OpenVINO's default is bf16 for every layer that is not quantised, which changes the
-numerics of the float layers (stem, residual adds, final resize) without the parity report saying so;
+numerics of the float layers (the final resize, and any layer the quantiser left in float) without the parity report saying so;
 f32 keeps "int8" meaning the Q/DQ layers only and "fp32" meaning fp32.
 """
 

@@ -133,7 +133,7 @@ def test_openvino_missing_is_a_clear_error(int8_run: Path, monkeypatch: pytest.M
 
 
 def test_bench_targets_are_judged_on_the_fastest_row() -> None:
-    assert parse_sizes("512x512,500x375") == [(512, 512), (500, 375)]
+    assert parse_sizes("512x512,500x375") == [(512, 512), (500, 375)] and parse_sizes("64") == [(64, 64)]
     base = {"status": "ok", "size": "512x512", "batch": 1, "variant": "session"}
     rows = [
         {**base, "backend": "torch", "variant": "eager", "precision": "fp32", "images_per_s": 4.0, "val_miou": 58.0},
