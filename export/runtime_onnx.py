@@ -5,11 +5,11 @@ then CPUExecutionProvider. onnxruntime-gpu lists CUDA even where it cannot load 
 the CPU with log lines only (DEPLOY.md), so `detail` reports `session.get_providers()[0]`, the provider
 actually in use.
 
-CPU sessions: `cpu_threads()` intra-op threads (physical cores, shared out among --nproc processes), one
+On the CPU: `cpu_threads()` intra-op threads (physical cores, shared out among --nproc processes), one
 inter-op thread and sequential execution: DeepLab is one chain of convolutions, so parallel execution of
 independent nodes only adds threads that compete with the intra-op ones for the same cores. An int8 file
-(`fastwsss export --int8`) runs as it is: onnxruntime fuses its Q/DQ pairs into integer kernels (VNNI /
-AMX where the CPU has them) when the session starts.
+(`fastwsss export --int8`) runs as it is: onnxruntime fuses its Q/DQ pairs into integer kernels when
+the session starts.
 """
 
 from __future__ import annotations
