@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import os
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ import torch
 from bench.common import (
     RESULTS_DIR,
     Timing,
+    cpu_model,
     device_label,
     environment,
     fmt_or_dash,
@@ -399,19 +399,6 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     print(f"parity vs {info['reference']}; {info['val']}; targets: {payload['targets']}; results: {path}")
     return 0
-
-
-def cpu_model() -> str:
-    """The CPU's model name and the vector/matrix extensions int8 and bf16 kernels use (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-    cores = os.cpu_count()
-    return f"{name}, {cores} logical CPUs, " + " ".join(flag for flag in wanted if flag in flags)
 
 
 if __name__ == "__main__":
