@@ -9,6 +9,7 @@ memory fails alone.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,16 @@ def emit_case_result(result: dict[str, Any]) -> None:
 def fmt_or_dash(value: Any, spec: str) -> str:
     """`value` formatted with `spec`, or "-" when it is missing (a table cell)."""
     return "-" if value is None else format(value, spec)
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the vector/matrix extensions int8 and bf16 kernels use (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    cores = os.cpu_count()
+    return f"{name}, {cores} logical CPUs, " + " ".join(flag for flag in wanted if flag in flags)

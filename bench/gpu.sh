@@ -116,7 +116,7 @@ phase_pseudo() {
 
 phase_serving() {
   if [ "$CHECK" -eq 1 ]; then
-    timeout 300 "$PY" -m bench.serving --device cpu --arch deeplabv2:resnet18_quarter:3 --size 64 --batches 1 \
+    timeout 300 "$PY" -m bench.serving --device cpu --arch deeplabv2:resnet18_quarter:3 --sizes 64x64 --batches 1 \
       --repeats 1 --warmup 1 --budget-s 1 --threads 1 --json "$OUT/serving.json"
     return
   fi

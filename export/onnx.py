@@ -180,17 +180,23 @@ def _export(
                 f"{path}: torch.onnx dynamo export of the {kind} model failed; no fallback to the TorchScript "
                 f"exporter is tried ({type(exc).__name__}: {one_line(str(exc))[:300]})"
             ) from exc
-        model_proto = onnx.load(str(tmp))
-        props = [p for p in model_proto.metadata_props if p.key != METADATA_KEY]
-        del model_proto.metadata_props[:]
-        model_proto.metadata_props.extend(props)
-        model_proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
-        onnx.save(model_proto, str(tmp))
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except Exception as exc:
-            raise FastwsssError(f"{path}: exported graph fails onnx.checker ({one_line(str(exc))[:300]})") from exc
+        write_metadata(tmp, meta, path)
     return path
+
+
+def write_metadata(file: Path, meta: dict[str, Any], name: str | Path | None = None) -> None:
+    """Store `meta` under METADATA_KEY in the ONNX `file` (replacing an earlier value), then run onnx.checker
+    with full_check; a failure names `name` (the final path when `file` is a temporary one)."""
+    model_proto = onnx.load(str(file))
+    props = [p for p in model_proto.metadata_props if p.key != METADATA_KEY]
+    del model_proto.metadata_props[:]
+    model_proto.metadata_props.extend(props)
+    model_proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    onnx.save(model_proto, str(file))
+    try:
+        onnx.checker.check_model(str(file), full_check=True)
+    except Exception as exc:
+        raise FastwsssError(f"{name or file}: graph fails onnx.checker ({one_line(str(exc))[:300]})") from exc
 
 
 def _device(module: nn.Module) -> torch.device:

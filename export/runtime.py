@@ -14,9 +14,16 @@ tensorrt > torch fp16 with CUDA graphs on a GPU > onnxruntime > torch eager fp32
     .engine   -> tensorrt (nothing else runs an engine)
     .onnx     -> onnxruntime: CUDAExecutionProvider when this onnxruntime has it, else the CPU
     RUNDIR    -> on a GPU: tensorrt on an engine in RUNDIR/export that fits this GPU and TensorRT version,
-                 else torch fp16 + CUDA graphs; on the CPU: onnxruntime on RUNDIR/export/model.onnx, else
-                 torch eager fp32. An export counts only when made from the run's current checkpoint
-                 (its source_sha256), so a run trained further never serves a stale export.
+                 else torch fp16 + CUDA graphs; on the CPU: onnxruntime on RUNDIR/export/model_int8.onnx
+                 (`fastwsss export --int8`), else model.onnx, else torch eager fp32. An export counts only
+                 when made from the run's current checkpoint (its source_sha256), so a run trained further
+                 never serves a stale export.
+`openvino` (optional extra, CPU) is never picked by `auto`; asked for by name on a RUNDIR it takes the same
+export files as onnxruntime on the CPU.
+
+CPU threads (`cpu_threads`): one intra-op thread per physical core, divided among the processes of
+`--nproc` on this machine (LOCAL_WORLD_SIZE), so N processes never run more threads than there are cores;
+hyper-threads share one core's vector units and only add contention for int8 and fp32 convolutions.
     .pt       -> torch (fp16 + CUDA graphs on a GPU, eager fp32 on the CPU)
 Nothing is exported or built on the fly (seconds to minutes); `fastwsss export` does that once.
 `segmenter.reason` says which backend `auto` picked and why.
@@ -25,6 +32,7 @@ Nothing is exported or built on the fly (seconds to minutes); `fastwsss export` 
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +46,9 @@ from fastwsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fastwsss.errors import CheckpointError, ConfigError, FastwsssError, one_line
 from fastwsss.export.tensorrt import tensorrt_unavailable_reason
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
+ONNX_BACKENDS = ("onnxruntime", "openvino")
+INT8_ONNX = "model_int8.onnx"
 ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 EXPORT_FOLDER = "export"
@@ -174,6 +184,29 @@ def torch_device(device: str | None) -> torch.device:
     return chosen
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads of one core count once); os.cpu_count() where
+    the topology cannot be read."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            return len(cpus) or os.cpu_count() or 1
+    return len(cores) or os.cpu_count() or 1
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for one serving process: physical cores / processes on this machine, at least 1."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, physical_cores() // local)
+
+
 def _checkpoint_sha256(rundir: Path) -> str:
     from fastwsss.artifacts import final_seg_checkpoint
     from fastwsss.export.onnx import file_sha256
@@ -184,21 +217,23 @@ def _checkpoint_sha256(rundir: Path) -> str:
 def exported_model(rundir: Path, backend: str, device: str | None = None) -> tuple[Path | None, str]:
     """(RUNDIR/export file for `backend` made from the run's current checkpoint, or None; why not).
 
-    onnxruntime: export/model.onnx. tensorrt: export/model.*.engine built by this TensorRT for this GPU.
+    onnxruntime / openvino: export/model_int8.onnx on the CPU, else export/model.onnx (the fp32 graph only
+    where onnxruntime runs on CUDA). tensorrt: export/model.*.engine built by this TensorRT for this GPU.
     An export whose `source_sha256` is not the checkpoint's is stale (the run was trained further).
     """
     folder = rundir / EXPORT_FOLDER
-    if backend == "onnxruntime":
-        candidates = [folder / "model.onnx"] if (folder / "model.onnx").is_file() else []
+    if backend in ONNX_BACKENDS:
+        names = ["model.onnx"] if backend == "onnxruntime" and _onnxruntime_on_cuda(device) else [INT8_ONNX, "model.onnx"]
+        candidates = [folder / name for name in names if (folder / name).is_file()]
     else:
         candidates = sorted(folder.glob("model.*.engine")) if folder.is_dir() else []
     if not candidates:
-        return None, f"no {'model.onnx' if backend == 'onnxruntime' else 'engine'} in {folder}"
+        return None, f"no {'model.onnx' if backend in ONNX_BACKENDS else 'engine'} in {folder}"
     sha = _checkpoint_sha256(rundir)
     why = f"{candidates[0]} was exported from another checkpoint (stale)"
     for candidate in candidates:
         try:
-            if backend == "onnxruntime":
+            if backend in ONNX_BACKENDS:
                 from fastwsss.export.onnx import read_onnx_metadata
 
                 meta = read_onnx_metadata(candidate)
@@ -215,6 +250,21 @@ def exported_model(rundir: Path, backend: str, device: str | None = None) -> tup
         if meta.get("source_sha256") == sha:
             return candidate, ""
     return None, why
+
+
+def _onnxruntime_on_cuda(device: str | None) -> bool:
+    """Whether OnnxRuntimeSegmenter would run on CUDAExecutionProvider for `device`."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    return has_cuda and (device is None or device.startswith("cuda"))
+
+
+def _export_note(path: Path) -> str:
+    """What a run's export file is, for the line that says which model runs."""
+    if path.name == INT8_ONNX:
+        return f"the run's int8 export {EXPORT_FOLDER}/{path.name} (static int8, Q/DQ; `fastwsss export --int8`)"
+    return f"the run's up-to-date fp32 export {EXPORT_FOLDER}/{path.name}"
 
 
 def _auto_choice(path: Path, kind: str, device: str | None) -> tuple[str, Path, str]:
@@ -235,9 +285,9 @@ def _auto_choice(path: Path, kind: str, device: str | None) -> tuple[str, Path, 
     if on_cuda:
         return "torch", path, "auto: on a CUDA GPU, torch fp16 with CUDA graphs (no usable TensorRT engine)"
     if kind == "rundir":
-        onnx, why = exported_model(path, "onnxruntime")
+        onnx, why = exported_model(path, "onnxruntime", device)
         if onnx is not None:
-            return "onnxruntime", onnx, "auto: on the CPU, onnxruntime on the run's up-to-date export/model.onnx"
+            return "onnxruntime", onnx, f"auto: on the CPU, onnxruntime on {_export_note(onnx)}"
         return "torch", path, f"auto: on the CPU, torch eager fp32 ({why}; `fastwsss export` makes one for onnxruntime)"
     return "torch", path, "auto: a checkpoint file on the CPU runs as torch eager fp32"
 
@@ -267,12 +317,14 @@ def load_segmenter(
     if backend == "auto":
         backend, path, reason = _auto_choice(path, kind, device)
         kind = model_kind(path)
-    elif kind == "rundir" and backend in ("onnxruntime", "tensorrt"):
+    elif kind == "rundir" and backend in ("onnxruntime", "tensorrt", "openvino"):
         exported, why = exported_model(path, backend, device)
         if exported is None:
             raise ConfigError(
                 f"--backend {backend}: {why}; run `fastwsss export {path}`" + (" --trt" * (backend == "tensorrt"))
             )
+        if backend in ONNX_BACKENDS:
+            reason = f"--backend {backend}: {_export_note(exported)}"
         path, kind = exported, model_kind(exported)
     if backend == "tensorrt":
         if kind != "engine":
@@ -288,6 +340,12 @@ def load_segmenter(
         from fastwsss.export.runtime_onnx import OnnxRuntimeSegmenter
 
         return OnnxRuntimeSegmenter(path, device, reason)
+    if backend == "openvino":
+        if kind != "onnx":
+            raise ConfigError(f"--backend openvino: {path} is not an .onnx file; export one with `fastwsss export`")
+        from fastwsss.export.runtime_openvino import OpenVinoSegmenter
+
+        return OpenVinoSegmenter(path, device, reason)
     if kind not in ("rundir", "checkpoint"):
         raise ConfigError(f"--backend torch: needs a run directory or a .pt checkpoint, {path} is a {kind} file")
     from fastwsss.export.runtime_torch import load_torch_segmenter
@@ -306,6 +364,7 @@ _BACKEND_MODULES = {
     "TorchSegmenter": "runtime_torch",
     "OnnxRuntimeSegmenter": "runtime_onnx",
     "TensorRTSegmenter": "runtime_tensorrt",
+    "OpenVinoSegmenter": "runtime_openvino",
 }
 
 

@@ -4,6 +4,12 @@ Providers: CUDAExecutionProvider when this onnxruntime has it (onnxruntime-gpu) 
 then CPUExecutionProvider. onnxruntime-gpu lists CUDA even where it cannot load and then falls back to
 the CPU with log lines only (DEPLOY.md), so `detail` reports `session.get_providers()[0]`, the provider
 actually in use.
+
+On the CPU: `cpu_threads()` intra-op threads (physical cores, shared out among --nproc processes), one
+inter-op thread and sequential execution: DeepLab is one chain of convolutions, so parallel execution of
+independent nodes only adds threads that compete with the intra-op ones for the same cores. An int8 file
+(`fastwsss export --int8`) runs as it is: onnxruntime fuses its Q/DQ pairs into integer kernels when
+the session starts.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 
 from fastwsss.errors import CheckpointError, ConfigError, FastwsssError, one_line
 from fastwsss.export.onnx import read_onnx_metadata
-from fastwsss.export.runtime import Segmenter
+from fastwsss.export.runtime import Segmenter, cpu_threads
 
 
 def _onnx_metadata(path: Path) -> dict[str, Any]:
@@ -33,7 +39,7 @@ class OnnxRuntimeSegmenter(Segmenter):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, device: str | None = None, reason: str = "", threads: int | None = None) -> None:
-        """`threads`: onnxruntime's intra-op threads (default: its own choice, one per physical core)."""
+        """`threads`: onnxruntime's intra-op threads on the CPU (default: `cpu_threads()`, module docstring)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -51,8 +57,10 @@ class OnnxRuntimeSegmenter(Segmenter):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
+        threads = threads or cpu_threads()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
@@ -74,7 +82,11 @@ class OnnxRuntimeSegmenter(Segmenter):
         if meta.get("kind", "seg") not in ("seg", "seg_labels"):
             raise CheckpointError(f"{path}: a {meta['kind']!r} export, not a segmentation model")
         super().__init__(path, meta, channels if isinstance(channels, int) else None, reason)
-        self.detail = used[0]
+        self.precision = str(meta.get("precision", "fp32"))
+        self.threads = threads
+        self.detail = f"{used[0]}, {self.precision}"
+        if used[0] == "CPUExecutionProvider":
+            self.detail += f", {threads} intra-op thread{'s' * (threads > 1)}, sequential"
         if want_cuda and used[0] != "CUDAExecutionProvider":
             self.detail += " (CUDAExecutionProvider was requested but did not load)"
         if self._logits_name is None:

@@ -9,7 +9,8 @@ Version branch (`build_plan`):
   IInt8EntropyCalibrator2 over calibration images. Both also set OBEY_PRECISION_CONSTRAINTS and pin every
   layer after the last convolution (the CAM max-normalisation, the final resize, the argmax) to float32.
 - TensorRT >= 11 is strongly typed (no FP16/INT8 flags, no calibrator): fp16 needs an fp16 ONNX (exported
-  with `fp16=True`, normalisation kept in float32), int8 needs a Q/DQ ONNX, which fastwsss does not write.
+  with `fp16=True`, normalisation kept in float32), int8 needs a Q/DQ ONNX: model_int8.onnx, written by
+  `fastwsss export --int8` (export/quantize.py), whose Q/DQ pairs say which layers run in int8.
 - fp32 clears TF32, so that an "fp32" engine computes in fp32.
 
 An engine runs only on the TensorRT version and GPU architecture that built it, so engines are cached under
@@ -110,6 +111,7 @@ class BuildPlan:
     cleared_flags: tuple[str, ...] = ()
     strongly_typed: bool = False
     needs_fp16_onnx: bool = False
+    needs_qdq_onnx: bool = False
     calibrator: bool = False
     fp32_tail: bool = False
     """Pin the layers after the last convolution to float32 (weakly typed fp16 / int8 builds)."""
@@ -130,11 +132,8 @@ def build_plan(trt_version: str, precision: str) -> BuildPlan:
         return BuildPlan(
             trt_version, precision, ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"), calibrator=True, fp32_tail=True
         )
-    if precision == "int8":
-        raise ConfigError(
-            f"--int8: TensorRT {trt_version} is strongly typed and has no INT8 calibrator; INT8 on TensorRT >= 11 "
-            "needs a Q/DQ ONNX, which fastwsss does not write yet (use --fp16, or TensorRT 10 for --int8)"
-        )
+    if precision == "int8":  # explicit quantisation: the Q/DQ pairs of the graph give the int8 layers
+        return BuildPlan(trt_version, precision, strongly_typed=True, needs_qdq_onnx=True)
     if precision == "fp16":
         return BuildPlan(trt_version, precision, strongly_typed=True, needs_fp16_onnx=True)
     return BuildPlan(trt_version, precision, cleared_flags=("TF32",), strongly_typed=True)
@@ -371,6 +370,11 @@ def build_engine(
         raise ConfigError(
             f"{onnx_path}: TensorRT {version} is strongly typed, so --fp16 needs an fp16 ONNX "
             f"(export with fp16=True); this file is {meta.get('precision', 'fp32')}"
+        )
+    if plan.needs_qdq_onnx and meta.get("precision") != "int8":
+        raise ConfigError(
+            f"{onnx_path}: TensorRT {version} is strongly typed, so --int8 needs the Q/DQ model_int8.onnx "
+            f"(`fastwsss export --int8`); this file is {meta.get('precision', 'fp32')}"
         )
     if plan.calibrator and not calib_images:
         raise ConfigError("--calib: INT8 on TensorRT 10 needs calibration images (--calib N with N > 0)")

@@ -402,8 +402,11 @@ def export(
     rundir: Annotated[Path, typer.Argument(help="A finished run directory (its final DeepLab and classifier)")],
     trt: Annotated[bool, typer.Option(help="Also build a TensorRT engine (needs TensorRT and a GPU)")] = False,
     fp16: Annotated[bool, typer.Option(help="TensorRT in half precision")] = False,
-    int8: Annotated[bool, typer.Option(help="TensorRT in INT8, calibrated on --calib training images")] = False,
-    calib: Annotated[int, typer.Option(help="Calibration images for --int8")] = 64,
+    int8: Annotated[bool, typer.Option(help="Also write model_int8.onnx (static int8, Q/DQ) for CPU serving, "
+        "calibrated on --calib training images; with --trt, an INT8 engine")] = False,
+    calib: Annotated[int, typer.Option(help="Calibration images for --int8 (the first N readable training images)")] = 64,
+    eval_images: Annotated[int, typer.Option(help="--int8: val images the calibration methods are scored on "
+        "(0: the whole val split)")] = 0,
     min_shape: Annotated[str, typer.Option("--min", help="Smallest input of the TensorRT profile, NxCxHxW")] = "1x3x256x256",
     opt_shape: Annotated[str, typer.Option("--opt", help="Input TensorRT optimises for")] = "1x3x512x512",
     max_shape: Annotated[str, typer.Option("--max", help="Largest input of the TensorRT profile")] = "8x3x1024x1024",
@@ -414,10 +417,12 @@ def export(
     Example:
 
       fastwsss export runs/conta-voc --trt --fp16 --opt 1x3x512x512
+
+      fastwsss export runs/synthetic --int8 --calib 64     # + model_int8.onnx for the CPU
     """
     from fastwsss.commands.export import export_command
 
-    result = export_command(rundir, trt, fp16, int8, calib, min_shape, opt_shape, max_shape, out)
+    result = export_command(rundir, trt, fp16, int8, calib, min_shape, opt_shape, max_shape, out, eval_images=eval_images)
     if not result["ok"]:  # e.g. --trt without TensorRT: the ONNX files are kept, the exit code says it failed
         raise typer.Exit(1)
 

@@ -21,7 +21,6 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from fastwsss.config import get_preset
 from fastwsss.errors import CheckpointError, ConfigError, FastwsssError
 from fastwsss.export import tensorrt as trt_export
 from fastwsss.export.onnx import METADATA_KEY, build_metadata, file_sha256
@@ -43,7 +42,6 @@ from fastwsss.export.tensorrt import (
     trt_major,
     write_engine_file,
 )
-from fastwsss.rundir import RunDir
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 PROFILE = Profile((1, 3, 256, 256), (1, 3, 512, 512), (4, 3, 1024, 1024))
@@ -106,9 +104,9 @@ def test_build_plan_tensorrt_11_is_strongly_typed():
     fp16 = build_plan("11.4.0", "fp16")
     assert fp16.strongly_typed and fp16.needs_fp16_onnx and fp16.builder_flags == () and not fp16.calibrator
     assert not fp16.fp32_tail  # strongly typed: the fp16 ONNX already keeps the normalisation in fp32
-    with pytest.raises(ConfigError, match="INT8 on TensorRT >= 11 needs a Q/DQ ONNX") as info:
-        build_plan("11.4.0", "int8")
-    assert "\n" not in str(info.value) and "TensorRT 11.4.0" in str(info.value)
+    int8 = build_plan("11.4.0", "int8")  # explicit quantisation: the Q/DQ pairs of model_int8.onnx
+    assert int8.strongly_typed and int8.needs_qdq_onnx and int8.builder_flags == () and not int8.calibrator
+    assert not build_plan("10.3.0", "int8").needs_qdq_onnx
     assert build_plan("12.0", "fp16").needs_fp16_onnx
 
 
@@ -471,15 +469,27 @@ def test_build_engine_failed_build(tmp_path, use_fake):
     assert not list(tmp_path.glob("*.engine"))
 
 
-def test_export_command_refuses_int8_on_tensorrt_11_before_exporting(tmp_path, use_fake, monkeypatch):
-    from fastwsss.commands import export as command
+def test_build_engine_int8_on_tensorrt_11_builds_from_the_qdq_onnx(tmp_path, use_fake):
+    log = use_fake("11.4.0")
+    with pytest.raises(ConfigError, match="needs the Q/DQ model_int8.onnx"):
+        build_engine(tiny_onnx(tmp_path / "model.onnx"), tmp_path, PROFILE, "int8")
+    path = build_engine(tiny_onnx(tmp_path / "model_int8.onnx", "int8"), tmp_path, PROFILE, "int8")
+    assert log["parsed"] == str(tmp_path / "model_int8.onnx") and log["flags"] == [] and "calibrator" not in log
+    assert read_engine_file(path)[0]["precision"] == "int8" and log["builds"] == 1
 
-    use_fake("11.4.0")
+
+@pytest.mark.slow
+def test_export_command_int8_on_tensorrt_11_builds_from_model_int8(tmp_path, use_fake, monkeypatch):
+    from fastwsss.commands import export as command
+    from tests.test_export_onnx import make_run_dir
+
+    log = use_fake("11.4.0")
     monkeypatch.setattr(command, "tensorrt_unavailable_reason", lambda: None)
-    RunDir(tmp_path / "run").save_config(get_preset("tiny"))
-    with pytest.raises(ConfigError, match="Q/DQ"):
-        command.export_command(tmp_path / "run", trt=True, int8=True, calib=4)
-    assert not (tmp_path / "run" / "export").exists()
+    rundir = make_run_dir(tmp_path / "run")
+    result = command.export_command(rundir, trt=True, int8=True, calib=4, what="all")
+    assert log["parsed"] == str(rundir / "export" / "model_int8.onnx") and log["builds"] == 1
+    assert result["tensorrt"]["built"] and len(result["tensorrt"]["engines"]) == 1  # the DeepLab only
+    assert result["tensorrt"]["engines"][0].startswith("model_int8.sm86.11.4.0.")
 
 
 # ------------------------------------------------------------------------------------------- real TensorRT

@@ -4,7 +4,10 @@ Writes to RUNDIR/export (or --out):
     model.onnx           images -> logits (the final DeepLab)            what = seg | all
     model_labels.onnx    images -> labels (argmax in the graph)          what = seg | all
     cam.onnx             images -> logits, max-normalised cams           what = cam | all
-    parity.json          torch eager vs onnxruntime on the first 4 images of the val split + one at an odd size
+    model_int8.onnx      images -> logits, static int8 with Q/DQ nodes (--int8; export/quantize.py)
+    parity.json          torch eager vs onnxruntime on the first 4 images of the val split + one at an odd size;
+                         with --int8 also the int8 model's val mIoU beside fp32's, argmax agreement, max logit
+                         difference and the score of every calibration method tried (export/int8_eval.py)
     manifest.json        the files this command wrote in the folder
     *.engine, timing.*   with --trt, where TensorRT and a CUDA GPU are present (export/tensorrt.py)
 
@@ -14,11 +17,18 @@ makes the command refuse before anything is written, so a user's own files are n
 
 --trt without TensorRT or without a GPU is not an error: the ONNX files and parity.json are written and the
 result says exactly why no engine was built (`tensorrt.reason`).
+
+--int8 alone writes model_int8.onnx for CPU serving: calibrated on the first --calib readable training
+images with each calibration method, the one with the best val mIoU kept. --trt --int8 builds the engine
+from that Q/DQ file on TensorRT >= 11 (strongly typed) and with a calibrator over the fp32 graph on
+TensorRT 10. A run without a val split still exports: parity uses training images and the int8 report
+marks the mIoU as absent, saying why.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +39,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from fastwsss.artifacts import final_classifier_checkpoint, final_seg_checkpoint
+from fastwsss.config import RunConfig
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource
-from fastwsss.errors import ConfigError, RunDirError
+from fastwsss.errors import ConfigError, DataError, RunDirError, one_line
+from fastwsss.export.int8_eval import val_source
 from fastwsss.export.onnx import build_metadata, export_cam_onnx, export_seg_onnx, parity_report
+from fastwsss.export.runtime_openvino import openvino_unavailable_reason
 from fastwsss.export.tensorrt import Profile, build_engine, build_plan, tensorrt_unavailable_reason
 from fastwsss.io import write_json
 from fastwsss.progress import console
@@ -42,6 +55,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "fastwsss.export/1"
 PARITY = "parity.json"
 PARITY_IMAGES = 4
+INT8_ONNX = "model_int8.onnx"
 WHAT = ("seg", "cam", "all")
 
 
@@ -51,10 +65,12 @@ def check_options(trt: bool, fp16: bool, int8: bool, calib: int, what: str) -> s
         raise ConfigError(f"--what: unknown {what!r}; valid: {', '.join(WHAT)}")
     if fp16 and int8:
         raise ConfigError("--fp16 and --int8: choose one engine precision")
-    if (fp16 or int8) and not trt:
-        raise ConfigError("--fp16/--int8 set the TensorRT engine precision; add --trt")
+    if fp16 and not trt:
+        raise ConfigError("--fp16 sets the TensorRT engine precision; add --trt")
     if int8 and calib <= 0:
         raise ConfigError(f"--calib: --int8 needs N > 0 calibration images, got {calib}")
+    if int8 and what == "cam" and not trt:
+        raise ConfigError("--int8 quantises the DeepLab: use --what seg or --what all (or add --trt for an engine)")
     return "fp16" if fp16 else "int8" if int8 else "fp32"
 
 
@@ -106,9 +122,20 @@ def odd_size(height: int, width: int) -> tuple[int, int]:
 
 
 def parity_images(source: SegmentationSource, count: int = PARITY_IMAGES) -> tuple[list[np.ndarray], list[dict]]:
-    """The first `count` images of `source` plus the first one resized to an odd size, and their description."""
-    ids = source.ids[:count]
-    images = [source.load_image(image_id) for image_id in ids]
+    """The first `count` readable images of `source` plus the first one resized to an odd size, and their
+    description; an unreadable image is skipped with one line naming it."""
+    ids, images = [], []
+    for image_id in source.ids:
+        if len(ids) == count:
+            break
+        try:
+            images.append(source.load_image(image_id))
+        except DataError as exc:
+            _say(f"skipped parity image {source.image_path(image_id)}: {one_line(str(exc))[:160]}")
+            continue
+        ids.append(image_id)
+    if not ids:
+        raise DataError(f"{source.root}: split {source.split!r} has no readable image for the parity check")
     info = [{"id": i, "height": int(a.shape[0]), "width": int(a.shape[1])} for i, a in zip(ids, images, strict=True)]
     height, width = odd_size(*images[0].shape[:2])
     images.append(np.asarray(Image.fromarray(images[0]).resize((width, height), Image.Resampling.BILINEAR)))
@@ -116,9 +143,59 @@ def parity_images(source: SegmentationSource, count: int = PARITY_IMAGES) -> tup
     return images, info
 
 
+def _say(message: str) -> None:
+    console.print(escape(message), soft_wrap=True, highlight=False)
+
+
+def _export_int8(
+    out_dir: Path, rundir: Path, config: RunConfig, calib: int, eval_images: int, num_labels: int
+) -> dict[str, Any]:
+    """model_int8.onnx: one candidate per calibration method, the best by measured score kept; its report."""
+    from fastwsss.export import int8_eval, quantize
+
+    train = build_source(config.data, config.data.train_split)
+    calibration = quantize.load_calibration_images(train, calib, say=_say)
+    plan = int8_eval.plan_evaluation(config, rundir, {*calibration.ids, *calibration.skipped}, eval_images or None)
+    if plan.note:
+        _say(f"int8: {plan.note}")
+    with tempfile.TemporaryDirectory(prefix="fastwsss-int8-") as tmp:
+        candidates = {}
+        for method in quantize.METHODS:
+            _say(f"int8: quantising with {method} calibration on {len(calibration.images)} {train.split} images ...")
+            candidates[method] = quantize.quantize_seg_onnx(out_dir / "model.onnx", Path(tmp) / f"{method}.onnx",
+                                                            calibration, method)  # fmt: skip
+        _say(f"int8: scoring {len(candidates)} candidates and fp32 on {len(plan.ids)} {plan.source.split} images ...")
+        runners = {method: int8_eval.ort_runner(path) for method, path in candidates.items()}
+        scores = int8_eval.score_candidates(out_dir / "model.onnx", runners, plan, num_labels, say=_say)
+        method = int8_eval.choose(scores)
+        quantize.copy_candidate(candidates[method], out_dir / INT8_ONNX)
+    info = {"split": train.split, "images": len(calibration.images), "first_id": calibration.ids[0],
+            "last_id": calibration.ids[-1], "skipped": calibration.skipped}  # fmt: skip
+    report = int8_eval.int8_report(INT8_ONNX, method, scores, plan, info)
+    if openvino_unavailable_reason() is None:  # the same scores for the optional OpenVINO backend
+        _say(f"int8: scoring {INT8_ONNX} on OpenVINO on the same {len(plan.ids)} images ...")
+        runner = {"openvino": int8_eval.openvino_runner(out_dir / INT8_ONNX)}
+        row = int8_eval.score_candidates(out_dir / "model.onnx", runner, plan, num_labels)["candidates"]["openvino"]
+        row["miou"] = row["miou"] if report["miou"] is not None else None
+        report["openvino"] = {**row, "passed": int8_eval.passes(row, report["fp32_miou"])}
+    for row in report["candidates"]:
+        score = "-" if row["miou"] is None else f"{row['miou']:.2f}"
+        _say(f"int8 {row['method']}: mIoU {score}, argmax agreement {row['agreement_pct']:.2f}%, "
+             f"max |logit diff| {row['max_abs_diff']:.3f}" + ("  <- kept" if row["method"] == method else ""))  # fmt: skip
+    if "openvino" in report:
+        row = report["openvino"]
+        score = "-" if row["miou"] is None else f"{row['miou']:.2f}"
+        _say(f"int8 {method} on OpenVINO: mIoU {score}, argmax agreement {row['agreement_pct']:.2f}%, "
+             f"max |logit diff| {row['max_abs_diff']:.3f}")  # fmt: skip
+    fp32 = "absent" if report["fp32_miou"] is None else f"{report['fp32_miou']:.2f}"
+    _say(f"int8: {INT8_ONNX} ({method}) on {report['images']} {report['split']} images: mIoU "
+         f"{'absent' if report['miou'] is None else format(report['miou'], '.2f')} (fp32 {fp32})")  # fmt: skip
+    return report
+
+
 def _summary_row(report: dict[str, Any]) -> dict[str, Any]:
-    keep = ("kind", "precision", "max_abs_diff", "agreement_pct", "passed")
-    return {key: report[key] for key in keep}
+    keep = ("kind", "precision", "max_abs_diff", "agreement_pct", "passed", "method", "miou", "fp32_miou")
+    return {key: report[key] for key in keep if key in report}
 
 
 def export_command(
@@ -132,9 +209,11 @@ def export_command(
     max_shape: str = "1x3x512x512",
     out: Path | None = None,
     what: str = "seg",
+    eval_images: int = 0,
 ) -> dict[str, Any]:
     """Export the run's final model(s) to ONNX, check parity, build TensorRT engines with --trt; see module doc.
 
+    `eval_images`: with --int8, score the calibration methods on the first N val images (0: all of them).
     Returns {out, files, parity, parity_passed, providers, tensorrt: {requested, built, reason, engines}, ok}.
     """
     precision = check_options(trt, fp16, int8, calib, what)
@@ -150,7 +229,8 @@ def export_command(
             plan = build_plan(str(trt_module.__version__), precision)
     out_dir = Path(out) if out is not None else run.path / "export"
     owned = claim_out_dir(out_dir, run.path)
-    source = build_source(config.data, config.data.val_split)
+    source, _ = val_source(config)  # without a val split, parity runs on training images
+    source = source or build_source(config.data, config.data.train_split)
     images, image_info = parity_images(source)
     crop = (config.seg.crop, config.seg.crop)
 
@@ -171,7 +251,8 @@ def export_command(
         jobs.append(("cam", model.eval(), {}, meta))
     fp16_onnx = plan is not None and plan.needs_fp16_onnx
     stems = [stem for stem, *_ in jobs] + ([f"{stem}_fp16" for stem, *_ in jobs] if fp16_onnx else [])
-    files = [f"{stem}.onnx" for stem in stems] + [PARITY]
+    write_qdq = int8 and what in ("seg", "all")  # model_int8.onnx is the quantised DeepLab
+    files = [f"{stem}.onnx" for stem in stems] + ([INT8_ONNX] if write_qdq else []) + [PARITY]
     owned = sorted(set(owned) | set(files))
     _record(out_dir, run.path, owned)
 
@@ -183,6 +264,8 @@ def export_command(
             exporter = export_cam_onnx if stem == "cam" else export_seg_onnx
             exporter(model, out_dir / name, metadata=meta, example_hw=crop, fp16=half, **kwargs)
             reports[name] = parity_report(model, out_dir / name, images)
+    if write_qdq:
+        reports[INT8_ONNX] = _export_int8(out_dir, run.path, config, calib, eval_images, source.num_classes + 1)
     parity_passed = all(report["passed"] for report in reports.values())
     write_json(out_dir / PARITY, {"images": image_info, "passed": parity_passed, "reports": reports})
 
@@ -194,6 +277,11 @@ def export_command(
             calib_images = [train.load_image(image_id) for image_id in train.ids[:calib]]
         for stem, *_ in jobs:
             onnx_name = f"{stem}_fp16.onnx" if fp16_onnx else f"{stem}.onnx"
+            if plan.needs_qdq_onnx:  # strongly typed int8: only the quantised DeepLab has Q/DQ pairs
+                if stem != "model":
+                    console.print(f"no int8 engine of {escape(stem)}.onnx: only the DeepLab is quantised (Q/DQ)")
+                    continue
+                onnx_name = INT8_ONNX
             console.print(f"building the TensorRT {precision} engine of {escape(onnx_name)} ({profile}) ...")
             try:
                 engine = build_engine(out_dir / onnx_name, out_dir, profile, precision, calib_images or None,
@@ -227,12 +315,15 @@ def export_command(
 
 def _print_summary(result: dict[str, Any]) -> None:
     table = Table(title=f"export -> {escape(result['out'])}", show_lines=False)
-    for column in ("file", "kind", "precision", "max |diff|", "argmax agree", "parity"):
+    for column in ("file", "kind", "precision", "max |diff|", "argmax agree", "val mIoU (fp32)", "parity"):
         table.add_column(column)
     for name, row in result["parity"].items():
         diff = "-" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"
         verdict = "[green]pass[/green]" if row["passed"] else "[red]FAIL[/red]"
-        table.add_row(escape(name), row["kind"], row["precision"], diff, f"{row['agreement_pct']:.3f}%", verdict)
+        miou = "-"
+        if "miou" in row:  # the int8 model: scored on the val split, or marked absent without one
+            miou = "absent" if row["miou"] is None else f"{row['miou']:.2f} ({row['fp32_miou']:.2f})"
+        table.add_row(escape(name), row["kind"], row["precision"], diff, f"{row['agreement_pct']:.3f}%", miou, verdict)
     console.print(table)
     console.print(f"onnxruntime providers used: {', '.join(result['providers'])}")
     info = result["tensorrt"]

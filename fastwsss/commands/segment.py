@@ -9,7 +9,9 @@ Two inputs that would get the same name (a.jpg and a.png, or the same name in tw
 `<stem>_<ext>` names, then `-2`, `-3` suffixes. Nothing is ever written into an input folder: --out equal
 to or inside a folder input, or equal to the folder of an input file, is refused before any work; nor
 outside --out; nor over a file that exists already, unless --overwrite is given (fastwsss.commands.segment_inputs).
-Batches are sized to a memory budget from the images' pixel counts (fastwsss.commands.segment_memory).
+Batches are sized to a memory budget from the images' pixel counts (fastwsss.commands.segment_memory), after
+the images are ordered by size (read from the file headers), so that same-size images share a batch and a
+batch runs as one model call per size instead of one call per image.
 
 Images are read like the data sets read them (EXIF orientation applied, CMYK / RGBA / grayscale / 16-bit
 converted to 8-bit RGB; --verbose says so per file). A file that cannot be read (corrupt, truncated, not an
@@ -41,7 +43,7 @@ from fastwsss.commands.segment_inputs import (
     keep_existing,
     plan_outputs,
 )
-from fastwsss.commands.segment_memory import bytes_per_pixel, default_budget, pixel_count, plan_batches
+from fastwsss.commands.segment_memory import bytes_per_pixel, default_budget, image_size, plan_batches
 from fastwsss.data.palette import save_mask_png, voc_palette
 from fastwsss.distributed import all_gather, init_from_env, is_main, launched_world, shard, shutdown, world
 from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
@@ -274,7 +276,9 @@ def _budget_batches(
                                     getattr(segmenter, "device", None))
     except Exception:  # noqa: BLE001  (a model that cannot be probed is costed like an opaque backend)
         per_pixel = bytes_per_pixel(None, len(segmenter.class_names))
-    pixels = [pixel_count(item.path) for item in items]
+    sizes = [image_size(item.path) for item in items]
+    items = [items[i] for i in sorted(range(len(items)), key=lambda i: sizes[i])]  # stable: same size, input order
+    pixels = [width * height for width, height in sorted(sizes)]
     planned, too_large = plan_batches(pixels, batch_size, budget, per_pixel)
     for index in too_large:
         failed.append(f"{items[index].path}: {pixels[index] / 1e6:.1f} MP need about {pixels[index] * per_pixel / 2**30:.1f} "

@@ -85,16 +85,16 @@ def bytes_per_pixel(model: torch.nn.Module | None, num_labels: int, device: torc
     return INPUT_BYTES + model_bytes_per_pixel(model, device) + 2 * 4 * num_labels + 8 + 1
 
 
-def pixel_count(path: Path) -> int:
-    """width x height from the file's header (nothing decoded); 0 when it cannot be read (the read says why)."""
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header (nothing decoded); (0, 0) when it cannot be read (the read says
+    why). EXIF rotation is not applied: two files of one header size may still differ after it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                width, height = image.size
+                return image.size
     except Exception:  # noqa: BLE001  (any reason: read_image later names the file and the problem)
-        return 0
-    return width * height
+        return 0, 0
 
 
 def plan_batches(pixels: list[int], batch_size: int, budget: int, per_pixel: float) -> tuple[list[list[int]], list[int]]:
