@@ -42,7 +42,8 @@ def context_maps(ctx: StageContext) -> ExtraMap:
 def run_cam(ctx: StageContext) -> None:
     cfg = ctx.config
     source = build_source(cfg.data, cfg.data.cam_split)
-    model, _ = load_cam_net(ctx.run.classifier_checkpoint(cfg.method), map_location=ctx.device, expect_num_classes=source.num_classes)
+    checkpoint = ctx.run.classifier_checkpoint(cfg.method)
+    model, _ = load_cam_net(checkpoint, map_location=ctx.device, expect_num_classes=source.num_classes)
     model.to(ctx.device).eval()
     extra_for = context_maps(ctx)
     cam_dir = ctx.run.stage_dir(FOLDER)

@@ -60,6 +60,6 @@ def run_global_cam(ctx: StageContext) -> None:
         np.save(handle, global_cam)
     constants = logit_constants(global_cam, m.gamma).tolist()
     write_json(ctx.run.global_cam_constants_file, {"gamma": m.gamma, "by_class": m.by_class,
-                                       "M_c": dict(zip(source.class_names, constants, strict=True))})
+                                                   "M_c": dict(zip(source.class_names, constants, strict=True))})
     heatmap_sheet(global_cam, source.class_names, ctx.run.global_cam_picture)
     ctx.run.mark_done(FOLDER, {"images": accumulator.images, "skipped": skipped})

@@ -142,7 +142,8 @@ def run_irn(ctx: StageContext) -> None:
         save_irn_checkpoint(
             ctx.run.checkpoint(STAGE), model, {"backbone_from": n.backbone_from, "radius": n.radius, "data": cfg.data.name}
         )
-    loaded = weights_record(n.weights) if n.backbone_from == "imagenet" else {"classifier": str(ctx.run.classifier_checkpoint(cfg.method))}
+    classifier = ctx.run.classifier_checkpoint(cfg.method)
+    loaded = weights_record(n.weights) if n.backbone_from == "imagenet" else {"classifier": str(classifier)}
     ctx.run.mark_done(
         STAGE, {"epochs": n.epochs, "steps": steps, "images": len(ids), "skipped": len(source.ids) - len(ids),
                 "weights": loaded}
