@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import RESULTS_DIR, write_json
 from fastwsss.cli import apply_options
 from fastwsss.config import RunConfig, get_preset, validate
-from fastwsss.rundir import RunDir, round_folder
+from fastwsss.rundir import CLS, RunDir
 
 BENCH_SCALE: dict[str, Any] = {
     "data.synth.num_train": 400,
@@ -50,12 +50,12 @@ def train(out: Path, seeds: list[int], rounds: int, methods: tuple[str, ...] = M
         for method in methods:
             path = run_dir(out, method, seed)
             config = bench_config(method, seed, rounds)
-            baseline_cls = run_dir(out, "conta", seed) / round_folder(0) / "cls"
-            if method == "c2am" and not path.exists() and (baseline_cls / "DONE").is_file():
-                shutil.copytree(baseline_cls, path / "cls")
+            baseline = RunDir(run_dir(out, "conta", seed)).round_view(0)
+            if method == "c2am" and not path.exists() and baseline.done_file(CLS).is_file():
+                shutil.copytree(baseline.stage_path(CLS), RunDir(path).stage_path(CLS))
                 RunDir(path).save_config(config)
             print(f"== {method} seed {seed} -> {path}", flush=True)
-            run_pipeline(config, out=path, resume=(path / "config.json").is_file())
+            run_pipeline(config, out=path, resume=RunDir(path).config_path.is_file())
 
 
 PLACEMENT_STAGES = "confounder,cls,cam"

@@ -12,7 +12,7 @@ import torch
 from bench.common import print_table
 from fastwsss.data import build_source
 from fastwsss.models.deeplab import load_seg_model
-from fastwsss.rundir import RunDir, open_run_dir, round_folder
+from fastwsss.rundir import CLS, SEG, RunDir, open_run_dir, round_folder
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.evaluate import evaluate_cam_seeds
 from fastwsss.stages.seg import evaluate_split
@@ -43,7 +43,7 @@ def score_view(run: RunDir, round_: int | None) -> dict[str, float | None] | Non
     cam_row = evaluate_cam_seeds(ctx, build_source(config.data, config.data.cam_split))
     rows = run.metrics()
     if view.is_done("seg") and _latest(rows, "seg", "debiased", round_) is None:
-        model, _ = load_seg_model(view.path / "seg" / "ckpt.pt", "cpu")
+        model, _ = load_seg_model(view.checkpoint(SEG), "cpu")
         model.eval()
         evaluate_split(ctx, model, build_source(config.data, "debiased"))
         rows = run.metrics()
@@ -163,9 +163,9 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
 def attention_diagnostics(round_path: Path) -> dict[str, float] | None:
     """Is Eq. 3 doing anything? How image-specific M is, and how peaked the attention alpha is."""
     from fastwsss.kernels.confounder_attention import confounder_attention_weights_reference
-    from fastwsss.stages.cls import ATTENTION_FILE, load_attention
+    from fastwsss.stages.cls import load_attention
 
-    if not (round_path / "cls" / ATTENTION_FILE).is_file():
+    if not RunDir(round_path).attention_file.is_file():
         return None
     attention, table = load_attention(round_path)
     with torch.no_grad():
@@ -201,14 +201,14 @@ def placement_diagnostics(run_path: Path, round_: int, images: int = 64) -> dict
     from fastwsss.data.datasets import ClassificationDataset
     from fastwsss.methods.conta import ContextClassifier
     from fastwsss.models.cam_net import load_cam_net
-    from fastwsss.stages.cls import ATTENTION_FILE, load_attention
+    from fastwsss.stages.cls import load_attention
 
-    path = run_path / round_folder(round_)
-    if not (path / "cls" / ATTENTION_FILE).is_file():
+    view = RunDir(run_path).round_view(round_)
+    if not view.attention_file.is_file():
         return None
     config = open_run_dir(run_path).load_config()
-    net, _ = load_cam_net(path / "cls" / "ckpt.pt")
-    attention, table = load_attention(path)
+    net, _ = load_cam_net(view.checkpoint(CLS))
+    attention, table = load_attention(view.path)
     model = ContextClassifier(net, attention).eval()
     c = config.cls
     dataset = ClassificationDataset(build_source(config.data, config.data.train_split), c.resize_long, c.crop,

@@ -51,9 +51,9 @@ def pipeline_figure(rundir: Path, ids: list[str], out: Path, tile: int = 128) ->
         truth = source.mask_path(image_id)
         pictures = [
             image,
-            _cam_picture(run.path / "cams" / f"{image_id}.npz", image.size),
-            _mask_picture(run.path / "pseudo" / f"{image_id}.png", k),
-            _mask_picture(run.path / "seg" / "pred" / f"{image_id}.png", k),
+            _cam_picture(run.cam_file(image_id), image.size),
+            _mask_picture(run.pseudo_file(image_id), k),
+            _mask_picture(run.seg_prediction_file(image_id), k),
             _mask_picture(truth, k) if truth is not None else None,
         ]
         for c, picture in enumerate(pictures):

@@ -10,20 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastwsss.errors import RunDirError
-from fastwsss.rundir import open_run_dir, round_folder
-
-
-def final_dir(rundir: str | Path) -> Path:
-    """The folder holding the run's final stage outputs (the last CONTA round, else the run itself)."""
-    run = open_run_dir(rundir)
-    config = run.load_config()
-    if config.method == "conta":
-        return run.round_view(config.conta.rounds).path
-    return run.path
+from fastwsss.rundir import SEG, open_run_dir
 
 
 def final_seg_checkpoint(rundir: str | Path) -> Path:
-    path = final_dir(rundir) / "seg" / "ckpt.pt"
+    """The DeepLab to export: seg/ckpt.pt of the run, or of its last CONTA round."""
+    run = open_run_dir(rundir)
+    path = run.final_view(run.load_config()).checkpoint(SEG)
     if not path.is_file():
         raise RunDirError(f"{path}: no trained segmentation model (run the seg stage of {rundir} first)")
     return path
@@ -33,8 +26,7 @@ def final_classifier_checkpoint(rundir: str | Path) -> Path:
     """The classifier to export: C2AM's fine-tuned one, else cls/ckpt.pt (CONTA: round 0's, which needs no M)."""
     run = open_run_dir(rundir)
     config = run.load_config()
-    folder = {"c2am": "c2am", "conta": f"{round_folder(0)}/cls"}.get(config.method, "cls")
-    path = run.path / folder / "ckpt.pt"
+    path = (run.round_view(0) if config.method == "conta" else run).classifier_checkpoint(config.method)
     if not path.is_file():
         raise RunDirError(f"{path}: no trained classifier in {rundir}")
     return path

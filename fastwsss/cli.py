@@ -198,7 +198,7 @@ def train(
     if dry_run:
         print_dry_run(config, stages)
         return
-    if resume and out is not None and (out / "config.json").is_file():
+    if resume and out is not None and RunDir(out).config_path.is_file():
         saved = RunDir(out).load_config()
         check_resume_options(saved, options, out)
     if nproc != 1 and not launched_world().distributed:  # settings are checked before any process starts

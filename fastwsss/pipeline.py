@@ -65,7 +65,7 @@ def run_pipeline(
     names = [stage.name for stage in stages_for(config.method, stages)]
 
     def create() -> dict:
-        if not (resume and (Path(out) / "config.json").is_file()):
+        if not (resume and RunDir(Path(out)).config_path.is_file()):
             check_new_run(config, names)  # before config.json exists: a failed check leaves no directory behind
         run, saved = create_or_resume(out, config, resume)  # rank 0 alone locks and writes config.json
         locked.append(run)

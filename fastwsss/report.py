@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fastwsss.artifacts import final_dir
 from fastwsss.cam_inference import cam_seed_mask, load_cam_npz
 from fastwsss.config import RunConfig
 from fastwsss.data import build_source
@@ -41,7 +40,7 @@ from fastwsss.report_charts import (
     thumb_size,
     thumbnail,
 )
-from fastwsss.rundir import RunDir, id_file, open_run_dir, round_folder
+from fastwsss.rundir import RunDir, open_run_dir
 from fastwsss.summary import latest_rows
 
 THUMB = 160
@@ -70,10 +69,15 @@ class RunInfo:
     rows_error: str | None = None
 
     @property
+    def run(self) -> RunDir:
+        """The run directory, for the paths of its outputs."""
+        return RunDir(self.path)
+
+    @property
     def method(self) -> str:
         if self.config is not None:
             return self.config.method
-        return "conta" if (self.path / "rounds").is_dir() else "unknown"
+        return "conta" if self.run.rounds_dir.is_dir() else "unknown"
 
 
 def _reason(exc: BaseException) -> str:
@@ -130,7 +134,7 @@ def _stage_title(row: dict[str, Any]) -> str:
 def _header(info: RunInfo) -> str:
     c = info.config
     times = [r["time"] for r in info.rows if isinstance(r.get("time"), str)]
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.path.joinpath("config.json").stat().st_mtime))
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.run.config_path.stat().st_mtime))
     items = [
         ("run directory", str(info.path)),
         ("method", info.method),
@@ -256,11 +260,6 @@ def _picture(path: Path, caption: str, max_side: int = 900) -> str:
     )
 
 
-def _round_dirs(path: Path) -> list[int]:
-    rounds = path / "rounds"
-    return sorted(int(p.name) for p in rounds.iterdir() if p.is_dir() and p.name.isdigit()) if rounds.is_dir() else []
-
-
 def _conta_section(info: RunInfo) -> str:
     series: dict[str, list[tuple[float, float]]] = {}
     for r in _scored(info):
@@ -272,15 +271,16 @@ def _conta_section(info: RunInfo) -> str:
         parts.append(_guard(lambda: line_chart(series, "mIoU (%) per CONTA round", "round", "mIoU (%)")))
     else:
         parts.append("<p>No round has been scored yet.</p>")
-    for t in [t for t in _round_dirs(info.path) if t >= 1]:
-        picture = info.path / round_folder(t) / "confounder" / "confounders.png"
+    for t in [t for t in info.run.rounds() if t >= 1]:
+        picture = info.run.round_view(t).confounders_picture
         parts.append(f"<h3>round {t}: confounder set (class-wise mean masks)</h3>")
-        parts.append(_guard(lambda picture=picture, t=t: _picture(picture, f"rounds/{t}/confounder/confounders.png")))
+        parts.append(_guard(lambda picture=picture: _picture(picture, picture.relative_to(info.path).as_posix())))
     return "".join(parts)
 
 
 def _c2am_section(info: RunInfo) -> str:
-    return _picture(info.path / "global_cam" / "global_cam.png", "global_cam/global_cam.png: the global CAM per class")
+    picture = info.run.global_cam_picture
+    return _picture(picture, f"{picture.relative_to(info.path).as_posix()}: the global CAM per class")
 
 
 class NotRun(Exception):
@@ -300,21 +300,21 @@ def _cam_seeds(path: Path, threshold: float) -> np.ndarray:
     return cam_seed_mask(cams.high_res, cams.keys, threshold)
 
 
-def _overlay_folder(info: RunInfo, config: RunConfig) -> Path:
-    """final_dir; while a CONTA run has not reached its last round, its latest round folder instead."""
-    final = final_dir(info.path)
-    rounds = _round_dirs(info.path)
-    return final if final.is_dir() or not rounds else info.path / round_folder(rounds[-1])
+def _overlay_run(info: RunInfo, config: RunConfig) -> RunDir:
+    """The final view; while a CONTA run has not reached its last round, its latest round instead."""
+    final = info.run.final_view(config)
+    rounds = info.run.rounds()
+    return final if final.path.is_dir() or not rounds else info.run.round_view(rounds[-1])
 
 
-def _overlay_row(source: SegmentationSource, image_id: str, folder: Path, config: RunConfig, seen: set[int]) -> str:
+def _overlay_row(source: SegmentationSource, image_id: str, run: RunDir, config: RunConfig, seen: set[int]) -> str:
     """One row: image | ground truth | CAM seeds | pseudo mask | seg prediction, for one image."""
     k = source.num_classes
     pieces: list[tuple[str, Callable[[], np.ndarray]]] = [
         ("ground truth", lambda: source.load_mask(image_id)),
-        ("CAM seeds", lambda: _cam_seeds(id_file(folder / "cams", image_id, ".npz"), config.eval.cam_bg_threshold)),
-        ("pseudo mask", lambda: _mask_file(id_file(folder / "pseudo", image_id, ".png"), k)),
-        ("seg prediction", lambda: _mask_file(id_file(folder / "seg" / "pred", image_id, ".png"), k)),
+        ("CAM seeds", lambda: _cam_seeds(run.cam_file(image_id), config.eval.cam_bg_threshold)),
+        ("pseudo mask", lambda: _mask_file(run.pseudo_file(image_id), k)),
+        ("seg prediction", lambda: _mask_file(run.seg_prediction_file(image_id), k)),
     ]
     masks: list[np.ndarray | str] = []
     for _, load in pieces:
@@ -361,10 +361,10 @@ def _overlays(info: RunInfo, sample: int) -> str:
     if count == 0:
         return f"<p>Split {escape(source.split)} has no images.</p>"
     chosen = [ids[i * len(ids) // count] for i in range(count)]  # evenly spread, the same every time
-    folder = _overlay_folder(info, config)
+    view = _overlay_run(info, config)
     seen: set[int] = set()
     rows = [
-        _guard(lambda image_id=image_id: _overlay_row(source, image_id, folder, config, seen)) for image_id in chosen
+        _guard(lambda image_id=image_id: _overlay_row(source, image_id, view, config, seen)) for image_id in chosen
     ]
     names = ["background", *source.class_names]
     legend = "".join(
@@ -372,7 +372,7 @@ def _overlays(info: RunInfo, sample: int) -> str:
         f"{escape(names[v] if v < len(names) else 'ignore' if v == 255 else str(v))}"
         for v in sorted(seen)
     )
-    where = folder.relative_to(info.path).as_posix() if folder != info.path else "the run directory"
+    where = view.path.relative_to(info.path).as_posix() if view.path != info.path else "the run directory"
     head = "".join(
         f"<th>{h}</th>"
         for h in (

@@ -2,6 +2,9 @@
 
     RUNDIR/config.json  metrics.jsonl  cls/ckpt.pt  cams/<id>.npz  ...
 
+`RunDir` alone knows this layout: stages, commands and reports ask it for a path by what the path holds
+(`run.checkpoint("irn")`, `run.cam_file(image_id)`, `run.pseudo_dir`) instead of joining folder names.
+
 A run directory belongs to one run at a time (an exclusive lock), is never silently reused (an existing
 run needs --resume), and every file in it is written atomically. Under torchrun only rank 0 writes the
 shared files (config.json, metrics.jsonl, DONE markers) and holds the lock; the other ranks' calls of those
@@ -27,6 +30,22 @@ from fastwsss.io import append_jsonl, read_jsonl, remove_orphan_temps, write_jso
 ENVIRONMENT_FILE = "environment.jsonl"
 """One row per start of the run (fastwsss.environment)."""
 
+# The folder of each stage's outputs, under the run directory (or under a CONTA round's folder).
+CLS = "cls"
+GLOBAL_CAM = "global_cam"
+C2AM = "c2am"
+CAMS = "cams"
+IR_LABELS = "ir_labels"
+IRN = "irn"
+PSEUDO = "pseudo"
+SEG = "seg"
+CONFOUNDER = "confounder"
+ROUNDS = "rounds"
+"""CONTA's rounds: RUNDIR/rounds/<t> holds round t's stage folders."""
+
+IMAGE_SUFFIX = {CAMS: ".npz", IR_LABELS: ".png", PSEUDO: ".png"}
+"""The per-image stages' folders and the suffix of each image's file in them."""
+
 
 def id_file(folder: Path, image_id: str, suffix: str) -> Path:
     """The file `folder/<image_id><suffix>` of a per-image output (cams/<id>.npz, pseudo/<id>.png, ...).
@@ -39,7 +58,7 @@ def id_file(folder: Path, image_id: str, suffix: str) -> Path:
 
 def round_folder(round_: int) -> str:
     """Where CONTA's round `round_` keeps its stage outputs, relative to the run directory."""
-    return f"rounds/{round_}"
+    return f"{ROUNDS}/{round_}"
 
 
 @dataclass
@@ -76,10 +95,121 @@ class RunDir:
         """CONTA's round `round_`: RUNDIR/rounds/<round_>, its metrics rows tagged {"round": round_}."""
         return self.view(round_folder(round_), round=round_)
 
+    def stage_path(self, name: str) -> Path:
+        """The folder `name` of a stage's outputs and its DONE marker (not created: see stage_dir)."""
+        return self.path / name
+
     def stage_dir(self, name: str) -> Path:
-        folder = self.path / name
+        """The folder `name` of a stage's outputs, created if it is not there yet."""
+        folder = self.stage_path(name)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def checkpoint(self, stage: str) -> Path:
+        """The final model a training stage saves: <stage>/ckpt.pt."""
+        return self.stage_path(stage) / "ckpt.pt"
+
+    def last_checkpoint(self, stage: str) -> Path:
+        """The resumable state a training stage saves after every epoch: <stage>/last.pt."""
+        return self.stage_path(stage) / "last.pt"
+
+    def classifier_checkpoint(self, method: str) -> Path:
+        """The classifier whose CAMs the run uses: c2am/ckpt.pt for C2AM, else cls/ckpt.pt of this run or round."""
+        return self.checkpoint(C2AM if method == "c2am" else CLS)
+
+    @property
+    def attention_file(self) -> Path:
+        """CONTA's Eq. 3 attention, trained with the classifier of a round >= 1: cls/attention.pt."""
+        return self.path / CLS / "attention.pt"
+
+    def image_file(self, folder: str, image_id: str) -> Path:
+        """The file of `image_id` in the per-image folder `folder` (cams, ir_labels or pseudo)."""
+        return id_file(self.stage_path(folder), image_id, IMAGE_SUFFIX[folder])
+
+    @property
+    def cams_dir(self) -> Path:
+        """The cam stage's CAMs, one <id>.npz per image."""
+        return self.path / CAMS
+
+    def cam_file(self, image_id: str) -> Path:
+        """The CAMs of one image: cams/<id>.npz."""
+        return self.image_file(CAMS, image_id)
+
+    @property
+    def ir_labels_dir(self) -> Path:
+        """The ir_label stage's seeds for IRN, one <id>.png per image."""
+        return self.path / IR_LABELS
+
+    def ir_label_file(self, image_id: str) -> Path:
+        """The IR label of one image: ir_labels/<id>.png."""
+        return self.image_file(IR_LABELS, image_id)
+
+    @property
+    def pseudo_dir(self) -> Path:
+        """The pseudo stage's masks, one <id>.png per image."""
+        return self.path / PSEUDO
+
+    def pseudo_file(self, image_id: str) -> Path:
+        """The pseudo mask of one image: pseudo/<id>.png."""
+        return self.image_file(PSEUDO, image_id)
+
+    @property
+    def seg_predictions_dir(self) -> Path:
+        """The seg stage's predictions of the CAM split, one <id>.png per image: seg/pred."""
+        return self.path / SEG / "pred"
+
+    def seg_prediction_file(self, image_id: str) -> Path:
+        """The seg stage's prediction of one image: seg/pred/<id>.png."""
+        return id_file(self.seg_predictions_dir, image_id, ".png")
+
+    @property
+    def global_cam_file(self) -> Path:
+        """C2AM's global CAM G (K x S x S): global_cam/global_cam.npy."""
+        return self.path / GLOBAL_CAM / "global_cam.npy"
+
+    @property
+    def global_cam_constants_file(self) -> Path:
+        """C2AM's logit constant M_c per class: global_cam/constants.json."""
+        return self.path / GLOBAL_CAM / "constants.json"
+
+    @property
+    def global_cam_picture(self) -> Path:
+        """A picture of the global CAM per class: global_cam/global_cam.png."""
+        return self.path / GLOBAL_CAM / "global_cam.png"
+
+    @property
+    def confounders_file(self) -> Path:
+        """CONTA's confounder set C of a round (n x hw): confounder/confounders.npy."""
+        return self.path / CONFOUNDER / "confounders.npy"
+
+    @property
+    def xm_file(self) -> Path:
+        """CONTA's X_m of every image of a round: confounder/xm.npz."""
+        return self.path / CONFOUNDER / "xm.npz"
+
+    @property
+    def confounders_picture(self) -> Path:
+        """A picture of a round's confounder set: confounder/confounders.png."""
+        return self.path / CONFOUNDER / "confounders.png"
+
+    @property
+    def confounder_predictions_dir(self) -> Path:
+        """Masks the confounder stage predicted itself (images the previous round did not): confounder/pred."""
+        return self.path / CONFOUNDER / "pred"
+
+    @property
+    def rounds_dir(self) -> Path:
+        """The folder of CONTA's rounds: RUNDIR/rounds."""
+        return self.top / ROUNDS
+
+    def rounds(self) -> list[int]:
+        """The CONTA rounds that have a folder, in order."""
+        folder = self.rounds_dir
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else []
+
+    def final_view(self, config: RunConfig) -> RunDir:
+        """Where the run's final stage outputs are: the last CONTA round, else the run itself."""
+        return self.round_view(config.conta.rounds) if config.method == "conta" else self
 
     def load_config(self) -> RunConfig:
         try:
@@ -121,13 +251,17 @@ class RunDir:
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)
 
+    def done_file(self, stage: str) -> Path:
+        """The marker a stage writes when it has finished: <stage>/DONE."""
+        return self.stage_path(stage) / "DONE"
+
     def is_done(self, stage: str) -> bool:
-        return (self.path / stage / "DONE").exists()
+        return self.done_file(stage).exists()
 
     def mark_done(self, stage: str, info: dict[str, Any] | None = None) -> None:
         if not is_main():
             return
-        write_json(self.path / stage / "DONE", {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})})
+        write_json(self.done_file(stage), {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})})
 
     def lock(self) -> None:
         """Take the run directory's exclusive lock, or fail naming the process that holds it."""

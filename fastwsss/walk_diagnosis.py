@@ -35,7 +35,7 @@ from fastwsss.kernels.random_walk import random_walk
 from fastwsss.metrics import ConfusionMeter
 from fastwsss.models.irn import load_irn
 from fastwsss.progress import track, warn
-from fastwsss.rundir import id_file, open_run_dir
+from fastwsss.rundir import IRN, open_run_dir
 from fastwsss.stages.pseudo import walk_to_mask
 
 
@@ -81,7 +81,7 @@ def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") ->
     source = build_source(config.data, config.data.cam_split)
     if not source.has_masks():
         raise DataError(f"{config.data.cam_split}: the walk diagnosis needs ground-truth masks of the CAM split")
-    model, _ = load_irn(run.path / "irn" / "ckpt.pt", map_location=device)
+    model, _ = load_irn(run.checkpoint(IRN), map_location=device)
     model.to(device).eval()
     p = config.pseudo
     steps = {"full": p.exp_times, "quarter": max(p.exp_times - 2, 0)}
@@ -92,8 +92,8 @@ def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") ->
     for image_id in track(source.ids[:images], "diagnose: walk"):
         try:
             image, gt = source.load_pair(image_id)
-            cams = load_cam_npz(id_file(run.path / "cams", image_id, ".npz"))
-            ir_label = read_label_png(id_file(run.path / "ir_labels", image_id, ".png"), source.num_classes)
+            cams = load_cam_npz(run.cam_file(image_id))
+            ir_label = read_label_png(run.ir_label_file(image_id), source.num_classes)
         except (FastwsssError, OSError) as exc:
             warn(f"diagnose: {image_id}: {exc}; left out")
             continue

@@ -20,20 +20,21 @@ from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.distributed import is_main
 from fastwsss.methods.c2am import c2am_loss, logit_constants
 from fastwsss.models.cam_net import CAMNet, load_cam_net, save_checkpoint
+from fastwsss.rundir import C2AM, CLS
 from fastwsss.stages.cls import make_optimizer, with_multipliers
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.global_cam import load_global_cam
 from fastwsss.training import TrainJob, run_epochs
 
-STAGE = FOLDER = "c2am"
+STAGE = FOLDER = C2AM
 
 
 def run_c2am_cls(ctx: StageContext) -> None:
     cfg = ctx.config
     m = cfg.c2am
-    out = ctx.run.stage_dir(FOLDER)
+    ctx.run.stage_dir(FOLDER)
     source = build_source(cfg.data, cfg.data.train_split)
-    baseline, _ = load_cam_net(ctx.run.path / "cls" / "ckpt.pt", "cpu", expect_num_classes=source.num_classes)
+    baseline, _ = load_cam_net(ctx.run.checkpoint(CLS), "cpu", expect_num_classes=source.num_classes)
     stride = m.output_stride or baseline.output_stride
     model = CAMNet(**{**baseline.init_kwargs, "freeze_bn": m.freeze_bn, "detach_early": False, "output_stride": stride,
                       "train_bn_affine": baseline.train_bn_affine and m.freeze_bn})
@@ -53,13 +54,14 @@ def run_c2am_cls(ctx: StageContext) -> None:
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
         optimizer=make_optimizer(with_multipliers(model.param_groups(), m.head_lr_mult), m.lr, ctx), dataset=dataset, epochs=m.epochs,
-        batch_size=m.batch_size, last_path=out / "last.pt", compute_loss=loss, hint="lower c2am.lr or check the global CAM",
+        batch_size=m.batch_size, last_path=ctx.run.last_checkpoint(STAGE), compute_loss=loss, hint="lower c2am.lr or check the global CAM",
     )
     steps = run_epochs(ctx, job)
     if is_main():
         saved = CAMNet(**{**model.init_kwargs, "output_stride": baseline.output_stride})
         saved.load_state_dict(model.state_dict())
-        save_checkpoint(out / "ckpt.pt", saved, {"class_names": source.class_names, "data": cfg.data.name,
-                                                "logit_constants": constants.cpu(), "trained_output_stride": stride})
+        save_checkpoint(ctx.run.checkpoint(STAGE), saved, {"class_names": source.class_names, "data": cfg.data.name,
+                                                           "logit_constants": constants.cpu(),
+                                                           "trained_output_stride": stride})
     ctx.run.mark_done(STAGE, {"epochs": m.epochs, "steps": steps, "output_stride": stride,
-                              "weights": {"classifier": str(ctx.run.path / "cls" / "ckpt.pt")}})
+                              "weights": {"classifier": str(ctx.run.checkpoint(CLS))}})

@@ -1,6 +1,6 @@
 """Stage `cam`: multi-scale + flip CAMs for every image of the CAM split, one compact npz per image.
 
-The classifier is `classifier_checkpoint(ctx)`: C2AM's fine-tuned one for --method c2am; in CONTA rounds
+The classifier is `RunDir.classifier_checkpoint`: C2AM's fine-tuned one for --method c2am; in CONTA rounds
 >= 1 it also gets the image's M_t (Eq. 3 of its X_m). Finished images are never redone on --resume (each npz is written atomically, so an existing file is
 complete); under torchrun each rank takes its shard of the images (fastwsss.stages.per_image). A bad image is reported in one line and skipped; the run goes on and the count is reported.
 """
@@ -8,7 +8,6 @@ complete); under torchrun each rank takes its shard of the images (fastwsss.stag
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -17,17 +16,12 @@ from fastwsss.data import build_source
 from fastwsss.errors import DataError
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.progress import track, warn
-from fastwsss.rundir import id_file
-from fastwsss.stages.cls import classifier_checkpoint, load_attention, uses_context
+from fastwsss.rundir import CAMS
+from fastwsss.stages.cls import load_attention, uses_context
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import finish_images, images_to_do
 
-FOLDER = "cams"
-
-
-def cam_path(cam_dir: Path, image_id: str) -> Path:
-    return id_file(cam_dir, image_id, ".npz")
-
+FOLDER = CAMS
 
 ExtraMap = Callable[[str], torch.Tensor | None]
 
@@ -48,12 +42,13 @@ def context_maps(ctx: StageContext) -> ExtraMap:
 def run_cam(ctx: StageContext) -> None:
     cfg = ctx.config
     source = build_source(cfg.data, cfg.data.cam_split)
-    model, _ = load_cam_net(classifier_checkpoint(ctx), map_location=ctx.device, expect_num_classes=source.num_classes)
+    checkpoint = ctx.run.classifier_checkpoint(cfg.method)
+    model, _ = load_cam_net(checkpoint, map_location=ctx.device, expect_num_classes=source.num_classes)
     model.to(ctx.device).eval()
     extra_for = context_maps(ctx)
     cam_dir = ctx.run.stage_dir(FOLDER)
 
-    todo = images_to_do("cam", source.ids, lambda i: cam_path(cam_dir, i))
+    todo = images_to_do("cam", source.ids, ctx.run.cam_file)
     failed: list[str] = []
     for count, image_id in enumerate(track(todo, f"cam: {cfg.data.cam_split}"), start=1):
         try:
@@ -64,7 +59,7 @@ def run_cam(ctx: StageContext) -> None:
             failed.append(f"{image_id}\t{exc}")
             continue
         result = multiscale_cam(model, image, labels, cfg.cam.scales, ctx.device, extra=extra_for(image_id))
-        save_cam_npz(cam_path(cam_dir, image_id), result)
+        save_cam_npz(ctx.run.cam_file(image_id), result)
         ctx.step("cam", count)
     failed = finish_images(ctx, "cam", cam_dir, failed, "could not be read and were skipped")
     ctx.run.mark_done(FOLDER, {"images": len(source.ids), "failed": len(failed)})

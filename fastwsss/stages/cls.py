@@ -25,24 +25,18 @@ from fastwsss.errors import CheckpointError
 from fastwsss.methods.conta import ConfounderAttention, ContextClassifier, MaskTable
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
 from fastwsss.models.checkpoint import save_torch_file
+from fastwsss.rundir import CLS, RunDir
 from fastwsss.stages.confounder import load_confounders
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
 from fastwsss.weights import weights_record
 
-STAGE = FOLDER = "cls"
-ATTENTION_FILE = "attention.pt"
+STAGE = FOLDER = CLS
 
 
 def uses_context(ctx: StageContext) -> bool:
     """True in CONTA rounds >= 1, where the classifier also sees M_t."""
     return ctx.config.method == "conta" and (ctx.round or 0) >= 1
-
-
-def classifier_checkpoint(ctx: StageContext) -> Path:
-    """The classifier whose CAMs the run uses: C2AM's fine-tuned one, else this run's (or round's) cls."""
-    folder = "c2am" if ctx.config.method == "c2am" else FOLDER
-    return ctx.run.path / folder / "ckpt.pt"
 
 
 def build_classifier(ctx: StageContext, num_classes: int, extra_channels: int = 0) -> CAMNet:
@@ -77,7 +71,7 @@ def with_multipliers(groups: list[dict[str, Any]], head_lr_mult: float) -> list[
 def load_attention(round_path: Path) -> tuple[ConfounderAttention, MaskTable]:
     """A CONTA round's trained Eq. 3 attention (eval mode) and its X_m table."""
     confounders, table = load_confounders(round_path)
-    path = round_path / FOLDER / ATTENTION_FILE
+    path = RunDir(Path(round_path)).attention_file
     if not path.is_file():
         raise CheckpointError(f"{path}: CONTA attention weights not found (run this round's cls stage)")
     attention = ConfounderAttention(confounders)
@@ -88,7 +82,7 @@ def load_attention(round_path: Path) -> tuple[ConfounderAttention, MaskTable]:
 def run_cls(ctx: StageContext) -> None:
     cfg = ctx.config
     c = cfg.cls
-    out = ctx.run.stage_dir(FOLDER)
+    ctx.run.stage_dir(FOLDER)
     source = build_source(cfg.data, cfg.data.train_split)
     source.check_files()
     dataset = ClassificationDataset(source, c.resize_long, c.crop, seed=cfg.seed, augment=True)
@@ -110,11 +104,11 @@ def run_cls(ctx: StageContext) -> None:
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
         optimizer=make_optimizer(with_multipliers(model.param_groups(), c.head_lr_mult), c.lr, ctx), dataset=dataset, epochs=c.epochs,
-        batch_size=c.batch_size, last_path=out / "last.pt", compute_loss=loss, hint="lower cls.lr (--lr) or check the data",
+        batch_size=c.batch_size, last_path=ctx.run.last_checkpoint(STAGE), compute_loss=loss, hint="lower cls.lr (--lr) or check the data",
     )
     steps = run_epochs(ctx, job)
     if is_main():
         if isinstance(model, ContextClassifier):
-            save_torch_file(model.attention.state_dict(), out / ATTENTION_FILE, checksum=False)  # a plain state dict
-        save_checkpoint(out / "ckpt.pt", net, {"class_names": source.class_names, "data": cfg.data.name})
+            save_torch_file(model.attention.state_dict(), ctx.run.attention_file, checksum=False)  # a plain state dict
+        save_checkpoint(ctx.run.checkpoint(STAGE), net, {"class_names": source.class_names, "data": cfg.data.name})
     ctx.run.mark_done(STAGE, {"epochs": c.epochs, "steps": steps, "weights": weights_record(c.weights)})

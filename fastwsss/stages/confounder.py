@@ -23,29 +23,27 @@ from fastwsss.distributed import barrier, on_main, shard
 from fastwsss.errors import CheckpointError, DataError
 from fastwsss.io import atomic_path
 from fastwsss.methods.conta import ConfounderSetBuilder, MaskTable, foreground_map
+from fastwsss.models.deeplab import load_seg_model
 from fastwsss.progress import log, track, warn
-from fastwsss.rundir import id_file
+from fastwsss.rundir import CONFOUNDER, SEG, RunDir, id_file
 from fastwsss.stages.context import StageContext
+from fastwsss.stages.seg import predict_mask
 from fastwsss.visual import heatmap_sheet
 
-FOLDER = "confounder"
-CONFOUNDERS_FILE = "confounders.npy"
-XM_FILE = "xm.npz"
+FOLDER = CONFOUNDER
 
 
 def load_confounders(round_path: Path) -> tuple[torch.Tensor, MaskTable]:
     """(C as a float32 tensor (n, hw), the X_m table) of the round at `round_path`."""
-    path = round_path / FOLDER / CONFOUNDERS_FILE
+    round_dir = RunDir(Path(round_path))
+    path = round_dir.confounders_file
     if not path.is_file():
         raise CheckpointError(f"{path}: confounder set not found (run the confounder stage of this round first)")
-    return torch.from_numpy(np.load(path, allow_pickle=False)), MaskTable.load(round_path / FOLDER / XM_FILE)
+    return torch.from_numpy(np.load(path, allow_pickle=False)), MaskTable.load(round_dir.xm_file)
 
 
 def _predict_missing(ctx: StageContext, ids: list[str], source: SegmentationSource, out: Path) -> None:
-    from fastwsss.models.deeplab import load_seg_model
-    from fastwsss.stages.seg import predict_mask
-
-    model, _ = load_seg_model(ctx.previous_round().path / "seg" / "ckpt.pt", ctx.device, source.num_classes + 1)
+    model, _ = load_seg_model(ctx.previous_round().checkpoint(SEG), ctx.device, source.num_classes + 1)
     model.eval()
     for image_id in track(ids, "confounder: predict X_m"):
         try:
@@ -59,16 +57,17 @@ def _predict_missing(ctx: StageContext, ids: list[str], source: SegmentationSour
 def run_confounder(ctx: StageContext) -> None:
     cfg = ctx.config
     t = cfg.conta
-    out = ctx.run.stage_dir(FOLDER)
+    ctx.run.stage_dir(FOLDER)
     prev = ctx.previous_round()
-    mask_dir = prev.path / ("seg/pred" if t.mask_source == "seg" else "pseudo")
+    mask_dir = prev.seg_predictions_dir if t.mask_source == "seg" else prev.pseudo_dir
+    own_dir = ctx.run.confounder_predictions_dir
     train = build_source(cfg.data, cfg.data.train_split)
     cam = build_source(cfg.data, cfg.data.cam_split)
     train_ids = set(train.ids)
     ids = train.ids + [i for i in cam.ids if i not in train_ids]
 
     def mask_path(image_id: str) -> Path:
-        own = id_file(out / "pred", image_id, ".png")
+        own = id_file(own_dir, image_id, ".png")
         return own if own.is_file() else id_file(mask_dir, image_id, ".png")
 
     def still_missing() -> list[str]:
@@ -78,12 +77,12 @@ def run_confounder(ctx: StageContext) -> None:
                             "set conta.mask_source=seg or make pseudo masks for data.train_split")
         if missing:
             log(f"confounder: predicting {len(missing)} training images round {ctx.round - 1} did not predict")
-            (out / "pred").mkdir(exist_ok=True)
+            own_dir.mkdir(exist_ok=True)
         return missing
 
     missing = on_main(still_missing)  # one list for every rank, taken before any rank writes a prediction
     if missing:
-        _predict_missing(ctx, shard(missing), train, out / "pred")
+        _predict_missing(ctx, shard(missing), train, own_dir)
     barrier()  # every rank's predictions are on disk before rank 0 reads them
     on_main(lambda: _write_confounders(ctx, train, ids, mask_path, len(missing)))
 
@@ -93,7 +92,7 @@ def _write_confounders(
 ) -> None:
     """C from the training images' masks, X_m of every image, the picture of C and the DONE marker."""
     t = ctx.config.conta
-    out = ctx.run.stage_dir(FOLDER)
+    ctx.run.stage_dir(FOLDER)
     train_ids = set(train.ids)
     builder = ConfounderSetBuilder(train.num_classes, t.mask_size)
     maps = np.zeros((len(ids), t.mask_size**2), np.float32)
@@ -107,11 +106,11 @@ def _write_confounders(
         if image_id in train_ids:
             builder.add(mask, train.labels(image_id))
     confounders = builder.result()
-    with atomic_path(out / CONFOUNDERS_FILE) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(ctx.run.confounders_file) as tmp, open(tmp, "wb") as handle:
         np.save(handle, confounders)
-    MaskTable(ids, maps).save(out / XM_FILE)
+    MaskTable(ids, maps).save(ctx.run.xm_file)
     side = t.mask_size
-    heatmap_sheet(confounders.reshape(-1, side, side), train.class_names, out / "confounders.png")
+    heatmap_sheet(confounders.reshape(-1, side, side), train.class_names, ctx.run.confounders_picture)
     empty = [train.class_names[i] for i in np.flatnonzero(builder.counts == 0)]
     if empty:
         warn(f"confounder: no training image is tagged {', '.join(empty)}; their rows of C are zero")

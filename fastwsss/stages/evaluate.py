@@ -27,14 +27,12 @@ from fastwsss.errors import DataError
 from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.progress import track, warn
 from fastwsss.rundir import id_file
-from fastwsss.stages.cam import FOLDER as CAM_FOLDER
-from fastwsss.stages.cam import cam_path
 from fastwsss.stages.context import StageContext
 
 
 def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[str, Any] | None:
     """Seed mIoU of the stored CAMs over `source`, with the background-threshold sweep."""
-    cam_dir = ctx.run.path / CAM_FOLDER
+    cam_dir = ctx.run.cams_dir
     if not cam_dir.is_dir():
         return None
     e = ctx.config.eval
@@ -45,7 +43,7 @@ def evaluate_cam_seeds(ctx: StageContext, source: SegmentationSource) -> dict[st
     missing = 0
     mine = shard(source.ids)
     for image_id in track(mine, f"eval: cam seeds ({source.split})"):
-        path = cam_path(cam_dir, image_id)
+        path = ctx.run.cam_file(image_id)
         if not path.is_file():
             missing += 1
             continue
@@ -128,8 +126,9 @@ def run_eval(ctx: StageContext) -> list[dict[str, Any]]:
     rows = []
     source = build_source(cfg.data, cfg.data.eval_split or cfg.data.cam_split)
     scored = [evaluate_cam_seeds(ctx, source)]
-    for stage, folder in (("ir_label", "ir_labels"), ("pseudo", "pseudo"), ("seg", "seg/pred")):
-        scored.append(evaluate_mask_folder(ctx, ctx.run.path / folder, source, stage))
+    run = ctx.run
+    for stage, folder in (("ir_label", run.ir_labels_dir), ("pseudo", run.pseudo_dir), ("seg", run.seg_predictions_dir)):
+        scored.append(evaluate_mask_folder(ctx, folder, source, stage))
     for row in scored:
         if row is not None:
             rows.append(ctx.run.log_metric(row))

@@ -18,15 +18,15 @@ from fastwsss.io import atomic_path, write_json
 from fastwsss.methods.c2am import GlobalCamAccumulator, logit_constants
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.progress import track, warn
+from fastwsss.rundir import CLS, GLOBAL_CAM
 from fastwsss.stages.context import StageContext
 from fastwsss.visual import heatmap_sheet
 
-FOLDER = "global_cam"
-GLOBAL_CAM_FILE = "global_cam.npy"
+FOLDER = GLOBAL_CAM
 
 
 def load_global_cam(ctx: StageContext) -> np.ndarray:
-    path = ctx.run.path / FOLDER / GLOBAL_CAM_FILE
+    path = ctx.run.global_cam_file
     if not path.is_file():
         raise CheckpointError(f"{path}: global CAM not found (run the global_cam stage first)")
     return np.load(path, allow_pickle=False)
@@ -35,9 +35,9 @@ def load_global_cam(ctx: StageContext) -> np.ndarray:
 def run_global_cam(ctx: StageContext) -> None:
     cfg = ctx.config
     m = cfg.c2am
-    out = ctx.run.stage_dir(FOLDER)
+    ctx.run.stage_dir(FOLDER)
     source = build_source(cfg.data, cfg.data.train_split)
-    model, _ = load_cam_net(ctx.run.path / "cls" / "ckpt.pt", ctx.device, expect_num_classes=source.num_classes)
+    model, _ = load_cam_net(ctx.run.checkpoint(CLS), ctx.device, expect_num_classes=source.num_classes)
     model.eval()
     accumulator = GlobalCamAccumulator(source.num_classes, m.global_size)
     skipped = 0
@@ -56,10 +56,10 @@ def run_global_cam(ctx: StageContext) -> None:
     if not is_main():  # every rank had its shard; rank 0 writes the sums
         return
     global_cam = accumulator.result(by_class=m.by_class)
-    with atomic_path(out / GLOBAL_CAM_FILE) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(ctx.run.global_cam_file) as tmp, open(tmp, "wb") as handle:
         np.save(handle, global_cam)
     constants = logit_constants(global_cam, m.gamma).tolist()
-    write_json(out / "constants.json", {"gamma": m.gamma, "by_class": m.by_class,
-                                       "M_c": dict(zip(source.class_names, constants, strict=True))})
-    heatmap_sheet(global_cam, source.class_names, out / "global_cam.png")
+    write_json(ctx.run.global_cam_constants_file, {"gamma": m.gamma, "by_class": m.by_class,
+                                                   "M_c": dict(zip(source.class_names, constants, strict=True))})
+    heatmap_sheet(global_cam, source.class_names, ctx.run.global_cam_picture)
     ctx.run.mark_done(FOLDER, {"images": accumulator.images, "skipped": skipped})

@@ -10,8 +10,6 @@ more loosely at object borders, which the unsure band and IRN's boundary learnin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from fastwsss.cam_inference import cam_seed_mask, load_cam_npz
@@ -21,14 +19,12 @@ from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.distributed import all_gather, is_main
 from fastwsss.errors import ConfigError, DataError, FastwsssError
 from fastwsss.progress import track, warn
-from fastwsss.rundir import id_file
-from fastwsss.stages.cam import FOLDER as CAM_FOLDER
-from fastwsss.stages.cam import cam_path
+from fastwsss.rundir import IR_LABELS
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import images_to_do
 from fastwsss.thresholds import class_thresholds, seed_mask
 
-FOLDER = "ir_labels"
+FOLDER = IR_LABELS
 
 
 def _crf_seed(image: np.ndarray, seed: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -69,23 +65,19 @@ def ir_label_from_cams(
     return label
 
 
-def ir_label_path(folder: Path, image_id: str) -> Path:
-    return id_file(folder, image_id, ".png")
-
-
 def run_ir_label(ctx: StageContext) -> None:
     cfg = ctx.config
     source = build_source(cfg.data, cfg.data.cam_split)
-    cam_dir = ctx.run.path / CAM_FOLDER
+    cam_dir = ctx.run.cams_dir
     if not cam_dir.is_dir():
         raise FastwsssError(f"{cam_dir}: no CAMs; run the cam stage first")
     if cfg.ir_label.crf and not crf_available():
         raise ConfigError("ir_label.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or turn crf off")
-    out = ctx.run.stage_dir(FOLDER)
-    todo = images_to_do("ir_label", source.ids, lambda i: ir_label_path(out, i))
+    ctx.run.stage_dir(FOLDER)
+    todo = images_to_do("ir_label", source.ids, ctx.run.ir_label_file)
     missing = 0
     for count, image_id in enumerate(track(todo, "ir_label"), start=1):
-        path = cam_path(cam_dir, image_id)
+        path = ctx.run.cam_file(image_id)
         if not path.is_file():
             missing += 1
             continue
@@ -98,7 +90,7 @@ def run_ir_label(ctx: StageContext) -> None:
             continue
         label = ir_label_from_cams(cams.high_res, cams.keys, cfg.ir_label.fg_threshold, cfg.ir_label.bg_threshold, image,
                                    cfg.ir_label.fg_rule)
-        save_mask_png(label, ir_label_path(out, image_id))
+        save_mask_png(label, ctx.run.ir_label_file(image_id))
         ctx.step("ir_label", count)
     missing = sum(all_gather(missing))
     if missing and is_main():

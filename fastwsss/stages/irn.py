@@ -30,14 +30,13 @@ from fastwsss.errors import ConfigError, DataError
 from fastwsss.irn_pairs import affinity_loss, downsample_labels, pair_masks
 from fastwsss.models.irn import BoundaryNet, save_irn_checkpoint
 from fastwsss.progress import warn
-from fastwsss.rundir import id_file
-from fastwsss.stages.cls import classifier_checkpoint
+from fastwsss.rundir import IR_LABELS, IRN, id_file
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
 from fastwsss.weights import weights_record
 
-STAGE = FOLDER = "irn"
-IR_LABEL_FOLDER = "ir_labels"
+STAGE = FOLDER = IRN
+IR_LABEL_FOLDER = IR_LABELS
 
 
 class IRLabelDataset(ClassificationDataset):
@@ -108,16 +107,16 @@ def build_boundary_net(ctx: StageContext) -> BoundaryNet:
     if n.backbone_from == "imagenet":
         return BoundaryNet.from_imagenet(n.backbone, n.weights, **options)
     if n.backbone_from == "cls":
-        return BoundaryNet.from_classifier(classifier_checkpoint(ctx), **options)
+        return BoundaryNet.from_classifier(ctx.run.classifier_checkpoint(ctx.config.method), **options)
     raise ConfigError(f"irn.backbone_from: must be 'imagenet' or 'cls', got {n.backbone_from!r}")
 
 
 def run_irn(ctx: StageContext) -> None:
     cfg = ctx.config
     n = cfg.irn
-    out = ctx.run.stage_dir(FOLDER)
+    ctx.run.stage_dir(FOLDER)
     source = build_source(cfg.data, cfg.data.cam_split)
-    label_dir = ctx.run.path / IR_LABEL_FOLDER
+    label_dir = ctx.run.ir_labels_dir
     ids = labelled_ids(source, label_dir)
     dataset = IRLabelDataset(source, label_dir, ids, n.resize_long, n.crop, seed=cfg.seed, scale_range=n.scale_range)
     model = build_boundary_net(ctx).to(ctx.device)
@@ -135,15 +134,16 @@ def run_irn(ctx: StageContext) -> None:
 
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.cam_split, model=model, optimizer=optimizer,
-        dataset=dataset, epochs=n.epochs, batch_size=n.batch_size, last_path=out / "last.pt", compute_loss=loss,
+        dataset=dataset, epochs=n.epochs, batch_size=n.batch_size, last_path=ctx.run.last_checkpoint(STAGE), compute_loss=loss,
         hint="lower irn.lr or check the IR labels", checkpointed=model.head,
     )
     steps = run_epochs(ctx, job)
     if is_main():
         save_irn_checkpoint(
-            out / "ckpt.pt", model, {"backbone_from": n.backbone_from, "radius": n.radius, "data": cfg.data.name}
+            ctx.run.checkpoint(STAGE), model, {"backbone_from": n.backbone_from, "radius": n.radius, "data": cfg.data.name}
         )
-    loaded = weights_record(n.weights) if n.backbone_from == "imagenet" else {"classifier": str(classifier_checkpoint(ctx))}
+    classifier = ctx.run.classifier_checkpoint(cfg.method)
+    loaded = weights_record(n.weights) if n.backbone_from == "imagenet" else {"classifier": str(classifier)}
     ctx.run.mark_done(
         STAGE, {"epochs": n.epochs, "steps": steps, "images": len(ids), "skipped": len(source.ids) - len(ids),
                 "weights": loaded}

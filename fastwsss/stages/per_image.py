@@ -15,11 +15,8 @@ from fastwsss.data import build_source
 from fastwsss.distributed import all_gather, is_main, shard
 from fastwsss.io import atomic_path
 from fastwsss.progress import log, warn
-from fastwsss.rundir import RunDir, id_file
+from fastwsss.rundir import CAMS, IMAGE_SUFFIX, RunDir
 from fastwsss.stages.context import StageContext
-
-OUTPUT_SUFFIX = {"cams": ".npz", "ir_labels": ".png", "pseudo": ".png"}
-"""The per-image stages' folders and the suffix of each image's file in them."""
 
 
 def images_to_do(stage: str, ids: list[str], output: Callable[[str], Path]) -> list[str]:
@@ -60,13 +57,11 @@ def missing_outputs(run: RunDir, config: RunConfig, folder: str) -> list[str]:
     Promised: every id of the CAM split that failed.txt does not list; for ir_labels and pseudo, only ids
     whose CAM exists (the others are counted as missing by those stages themselves). [] for other stages.
     """
-    suffix = OUTPUT_SUFFIX.get(folder)
-    if suffix is None:
+    if folder not in IMAGE_SUFFIX:
         return []
-    out, cams = run.path / folder, run.path / "cams"
-    skipped = failed_ids(out)
+    skipped = failed_ids(run.stage_path(folder))
     ids = build_source(config.data, config.data.cam_split).ids
     return [
         i for i in ids
-        if i not in skipped and (folder == "cams" or id_file(cams, i, ".npz").is_file()) and not id_file(out, i, suffix).is_file()
+        if i not in skipped and (folder == CAMS or run.cam_file(i).is_file()) and not run.image_file(folder, i).is_file()
     ]  # fmt: skip

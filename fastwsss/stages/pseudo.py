@@ -14,7 +14,6 @@ exactly as before batching existed, so CPU results are unchanged bit for bit.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,14 +27,13 @@ from fastwsss.kernels.random_walk import random_walk
 from fastwsss.kernels.random_walk_batch import random_walk_batch
 from fastwsss.models.irn import grid_size, load_irn
 from fastwsss.progress import track, warn
-from fastwsss.rundir import id_file
-from fastwsss.stages.cam import FOLDER as CAM_FOLDER
-from fastwsss.stages.cam import cam_path
+from fastwsss.rundir import CAMS, IRN, PSEUDO
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import finish_images, images_to_do
 from fastwsss.thresholds import class_thresholds, seed_mask
 
-FOLDER = "pseudo"
+FOLDER = PSEUDO
+CAM_FOLDER = CAMS
 CUDA_WALK_BATCH = 16
 """Images per walk call on a GPU: enough programs per step to fill an H100/H200 at VOC's 1-3 classes."""
 
@@ -66,10 +64,6 @@ def walk_to_mask(
     index = planes.argmax(dim=0).cpu().numpy()
     lookup = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]).astype(np.uint8)
     return lookup[index]
-
-
-def pseudo_path(folder: Path, image_id: str) -> Path:
-    return id_file(folder, image_id, ".png")
 
 
 @torch.inference_mode()
@@ -145,13 +139,13 @@ def propagate_images(model: torch.nn.Module, items: list[tuple[np.ndarray, np.nd
 def run_pseudo(ctx: StageContext) -> None:
     cfg = ctx.config
     source = build_source(cfg.data, cfg.data.cam_split)
-    cam_dir = ctx.run.path / CAM_FOLDER
+    cam_dir = ctx.run.cams_dir
     if not cam_dir.is_dir():
         raise FastwsssError(f"{cam_dir}: no CAMs; run the cam stage first")
-    model, _ = load_irn(ctx.run.path / "irn" / "ckpt.pt", map_location=ctx.device)
+    model, _ = load_irn(ctx.run.checkpoint(IRN), map_location=ctx.device)
     model.to(ctx.device).eval()
     out = ctx.run.stage_dir(FOLDER)
-    todo = images_to_do("pseudo", source.ids, lambda i: pseudo_path(out, i))
+    todo = images_to_do("pseudo", source.ids, ctx.run.pseudo_file)
     failed: list[str] = []
     batch = walk_batch_size(ctx.device)
     count = 0
@@ -160,7 +154,7 @@ def run_pseudo(ctx: StageContext) -> None:
         for image_id in todo[start : start + batch]:
             try:
                 image = source.load_image(image_id)
-                cams = load_cam_npz(cam_path(cam_dir, image_id))
+                cams = load_cam_npz(ctx.run.cam_file(image_id))
                 if batch > 1 and len(cams.keys):
                     _check_grid(cams.cam4, grid_size(*image.shape[:2]))  # a bad grid fails this image alone
             except DataError as exc:
@@ -178,7 +172,7 @@ def run_pseudo(ctx: StageContext) -> None:
             failed.append(f"{ids[0]}\t{exc}")
             continue
         for image_id, mask in zip(ids, masks, strict=True):
-            save_mask_png(mask, pseudo_path(out, image_id))
+            save_mask_png(mask, ctx.run.pseudo_file(image_id))
             count += 1
             ctx.step("pseudo", count)
     failed = finish_images(ctx, "pseudo", out, failed)

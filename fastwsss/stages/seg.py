@@ -51,14 +51,12 @@ from fastwsss.models.cam_net import load_cam_net
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
 from fastwsss.models.msc import deeplab_param_groups, msc_outputs, msc_prediction_logits, nearest_labels
 from fastwsss.progress import track, warn
-from fastwsss.rundir import id_file
+from fastwsss.rundir import SEG, id_file
 from fastwsss.stages.context import StageContext
 from fastwsss.training import TrainJob, run_epochs
 from fastwsss.weights import weights_record
 
-STAGE = FOLDER = "seg"
-PSEUDO_FOLDER = "pseudo"
-PRED_FOLDER = "pred"
+STAGE = FOLDER = SEG
 
 
 class PseudoMaskSource(SegmentationSource):
@@ -196,7 +194,7 @@ def init_from_classifier(model: SegModel, checkpoint: Path) -> None:
                           f"{model.init_kwargs['name']} backbone ({type(exc).__name__})") from exc
 
 
-def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple[SegModel, int]:
+def train_seg(ctx: StageContext, source: SegmentationSource) -> tuple[SegModel, int]:
     """Train (or resume training) on `source`; returns the trained model and the number of steps."""
     cfg = ctx.config
     s = cfg.seg
@@ -208,10 +206,7 @@ def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple
     torch.manual_seed(cfg.seed)
     model = build_seg_model(s.model, s.backbone, source.num_classes + 1, s.weights).to(ctx.device)
     if s.init == "classifier":
-        # imported here: cls -> confounder -> seg, so a top-level import would be a cycle
-        from fastwsss.stages.cls import classifier_checkpoint
-
-        init_from_classifier(model, classifier_checkpoint(ctx))
+        init_from_classifier(model, ctx.run.classifier_checkpoint(cfg.method))
     if s.freeze_bn:
         model.freeze_batchnorm()
     released = s.msc_scales or s.loss_at != "input"
@@ -223,7 +218,7 @@ def train_seg(ctx: StageContext, source: SegmentationSource, out: Path) -> tuple
 
     job = TrainJob(
         stage=STAGE, metric_stage="seg_train", split=source.split, model=model, optimizer=_make_optimizer(model, s),
-        dataset=dataset, epochs=s.epochs, batch_size=s.batch_size, last_path=out / "last.pt", compute_loss=loss,
+        dataset=dataset, epochs=s.epochs, batch_size=s.batch_size, last_path=ctx.run.last_checkpoint(STAGE), compute_loss=loss,
         hint="lower seg.lr or check the pseudo masks", max_steps=s.iterations or None, accumulate=s.iter_size,
         lr_step=s.lr_step,
     )
@@ -313,17 +308,17 @@ def predict_split(
 
 def run_seg(ctx: StageContext) -> None:
     cfg = ctx.config
-    out = ctx.run.stage_dir(FOLDER)
+    ctx.run.stage_dir(FOLDER)
     base = build_source(cfg.data, cfg.data.cam_split)
-    source = pseudo_source(base, ctx.run.path / PSEUDO_FOLDER)
-    model, steps = train_seg(ctx, source, out)
+    source = pseudo_source(base, ctx.run.pseudo_dir)
+    model, steps = train_seg(ctx, source)
     if is_main():
-        save_seg_checkpoint(out / "ckpt.pt", model, {"class_names": base.class_names, "data": cfg.data.name})
+        save_seg_checkpoint(ctx.run.checkpoint(STAGE), model, {"class_names": base.class_names, "data": cfg.data.name})
     model.eval()
     val_row = evaluate_split(ctx, model, build_source(cfg.data, cfg.data.val_split))
     for split in cfg.data.test_splits:
         evaluate_split(ctx, model, build_source(cfg.data, split))
-    predicted, cam_row = predict_split(ctx, model, base, out / PRED_FOLDER)
+    predicted, cam_row = predict_split(ctx, model, base, ctx.run.seg_predictions_dir)
     ctx.run.mark_done(
         FOLDER,
         {
