@@ -105,8 +105,10 @@ if hold:
     seen = [0]
 
     def park(src, dst):
-        with open(hold["marker"], "w") as handle:
+        # Written whole, then renamed: the parent polls for the marker and must never read it half written.
+        with open(hold["marker"] + ".part", "w") as handle:
             handle.write(json.dumps({"src": str(src), "dst": str(dst)}))
+        real_replace(hold["marker"] + ".part", hold["marker"])
         while True:
             time.sleep(1)
 
