@@ -72,7 +72,7 @@ def val_source(config: RunConfig) -> tuple[SegmentationSource | None, str]:
 
 def plan_evaluation(config: RunConfig, rundir: Path, skip_ids: set[str], limit: int | None = None) -> EvalPlan:
     """Val ground truth when there is some; else held-out training images (module docstring)."""
-    from fastwsss.artifacts import final_dir
+    from fastwsss.rundir import open_run_dir
 
     source, why = val_source(config)
     if source is not None:
@@ -81,8 +81,9 @@ def plan_evaluation(config: RunConfig, rundir: Path, skip_ids: set[str], limit: 
     ids = [i for i in train.ids if i not in skip_ids][: limit or HOLDOUT_IMAGES]
     if not ids:
         raise FastwsssError(f"{why}, and the train split has no image outside the calibration set to score on")
-    pseudo = final_dir(rundir) / "pseudo"
-    if (pseudo / f"{ids[0]}.png").is_file():
+    final = open_run_dir(rundir).final_view(config)
+    pseudo = final.pseudo_dir
+    if final.pseudo_file(ids[0]).is_file():
         return EvalPlan(train, ids, "pseudo", f"{why}: scored by mIoU against the run's pseudo masks on "
                         f"{len(ids)} held-out training images", pseudo)  # fmt: skip
     return EvalPlan(train, ids, "fp32", f"{why} and the run has no pseudo masks: scored by argmax agreement with "

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from small_runs import fast_config
 from typer.testing import CliRunner
 
 from fastwsss.cli import app
@@ -31,7 +32,6 @@ from fastwsss.metrics import ConfusionMeter
 from fastwsss.pipeline import run_pipeline
 from fastwsss.progress import console
 from fastwsss.rundir import RunDir
-from tests.small_runs import fast_config
 
 pytestmark = pytest.mark.slow
 CALIB = 8

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_runtime import NAMES, export_onnx, images, make_run_dir
 
 from bench.serving import parse_sizes
 from bench.serving_quality import add_speedups, targets
@@ -21,7 +22,6 @@ from fastwsss.export.quantize import CalibrationSet, quantize_seg_onnx
 from fastwsss.export.runtime import OnnxRuntimeSegmenter, Segmenter, cpu_threads, load_segmenter, physical_cores
 from fastwsss.models.deeplab import save_seg_checkpoint
 from fastwsss.progress import console
-from tests.test_runtime import NAMES, export_onnx, images, make_run_dir
 
 
 @pytest.fixture(scope="module")
