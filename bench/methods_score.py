@@ -12,7 +12,7 @@ import torch
 from bench.common import print_table
 from fastwsss.data import build_source
 from fastwsss.models.deeplab import load_seg_model
-from fastwsss.rundir import CLS, SEG, RunDir, open_run_dir, round_folder
+from fastwsss.rundir import CAMS, CLS, SEG, RunDir, open_run_dir, round_folder
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.evaluate import evaluate_cam_seeds
 from fastwsss.stages.seg import evaluate_split
@@ -36,13 +36,13 @@ def score_view(run: RunDir, round_: int | None) -> dict[str, float | None] | Non
     """The metrics of one run (or one CONTA round); None when its cam stage has not finished, the pseudo-mask
     and DeepLab ones None when the run stopped before them (the placement ablation stops at the CAMs)."""
     view = run if round_ is None else run.round_view(round_)
-    if not view.is_done("cam"):
+    if not view.is_done(CAMS):  # the cam stage writes cams/DONE
         return None
     config = run.load_config()
     ctx = StageContext(config=config, run=view, device=torch.device("cpu"), round=round_)
     cam_row = evaluate_cam_seeds(ctx, build_source(config.data, config.data.cam_split))
     rows = run.metrics()
-    if view.is_done("seg") and _latest(rows, "seg", "debiased", round_) is None:
+    if view.is_done(SEG) and _latest(rows, "seg", "debiased", round_) is None:
         model, _ = load_seg_model(view.checkpoint(SEG), "cpu")
         model.eval()
         evaluate_split(ctx, model, build_source(config.data, "debiased"))
