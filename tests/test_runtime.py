@@ -13,7 +13,7 @@ import torch
 from fastwsss.config import get_preset
 from fastwsss.errors import ConfigError, FastwsssError
 from fastwsss.export.onnx import build_metadata, export_seg_onnx
-from fastwsss.export.runtime import OnnxRuntimeSegmenter, TorchSegmenter, load_segmenter
+from fastwsss.export.runtime import OnnxRuntimeSegmenter, TorchSegmenter, argmax_labels, load_segmenter
 from fastwsss.export.tensorrt import tensorrt_unavailable_reason
 from fastwsss.models.deeplab import build_seg_model, save_seg_checkpoint
 from fastwsss.rundir import RunDir
@@ -160,3 +160,15 @@ def test_tensorrt_missing_is_a_clear_error(served: dict[str, Path], tmp_path: Pa
         assert "\n" not in str(info.value)
     with pytest.raises(FastwsssError, match="TensorRT"):
         load_segmenter(served["onnx"], "tensorrt")
+
+
+@pytest.mark.parametrize("shape", [(1, 11, 7, 5), (3, 21, 16, 9), (2, 2, 1, 1)])
+def test_argmax_labels_equals_torch_argmax_ties_and_nan_included(shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(sum(shape))
+    logits = torch.randint(-2, 3, shape, generator=generator).float()  # many ties
+    logits.view(-1)[:: 13] = float("nan")
+    got = argmax_labels(logits)
+    assert got.dtype == torch.uint8 and got.shape == (shape[0], *shape[2:])
+    torch.testing.assert_close(got, logits.argmax(dim=1).to(torch.uint8), rtol=0, atol=0)
+    strided = torch.randn(shape[0], shape[2], shape[3], shape[1], generator=generator).permute(0, 3, 1, 2)
+    torch.testing.assert_close(argmax_labels(strided), strided.argmax(dim=1).to(torch.uint8), rtol=0, atol=0)
