@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fastwsss.errors import ConfigError
-from fastwsss.export.runtime import Segmenter, torch_device
+from fastwsss.export.runtime import Segmenter, argmax_labels, torch_device
 
 MAX_CUDA_GRAPHS = 8
 """Input shapes that get a captured CUDA graph each; further shapes run without one (each graph keeps its
@@ -112,7 +112,7 @@ class TorchSegmenter(Segmenter):
             mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
             std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
             out = self._run((x - mean) / std)
-            return out.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            return argmax_labels(out).cpu().numpy()
 
 
 def load_torch_segmenter(
