@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fastwsss.cam_inference import load_cam_npz
 from fastwsss.data import build_source
 from fastwsss.data.base import read_label_png
 from fastwsss.data.palette import mask_to_image
@@ -25,9 +26,10 @@ from fastwsss.visual import heat_colors
 TITLES = ("image", "CAM", "pseudo mask", "DeepLab", "ground truth")
 
 
-def _cam_picture(path: Path, size: tuple[int, int]) -> Image.Image:
-    with np.load(path, allow_pickle=False) as data:
-        maps = data["high_res"]
+def _cam_picture(path: Path, size: tuple[int, int]) -> Image.Image | None:
+    if not path.is_file():
+        return None
+    maps = load_cam_npz(path).high_res
     strongest = maps.max(axis=0) if len(maps) else np.zeros(size[::-1], np.float32)
     return Image.fromarray(heat_colors(strongest))
 
@@ -37,8 +39,9 @@ def _mask_picture(path: Path, num_classes: int) -> Image.Image | None:
 
 
 def pipeline_figure(rundir: Path, ids: list[str], out: Path, tile: int = 128) -> Path:
-    run = open_run_dir(rundir)
-    config = run.load_config()
+    top = open_run_dir(rundir)
+    config = top.load_config()
+    run = top.final_view(config)  # CONTA: the last round's outputs
     source = build_source(config.data, config.data.cam_split)
     k = source.num_classes + 1
     label, pad = 16, 4
@@ -48,13 +51,12 @@ def pipeline_figure(rundir: Path, ids: list[str], out: Path, tile: int = 128) ->
         draw.text((pad + c * (tile + pad), 2), title, fill=(0, 0, 0))
     for r, image_id in enumerate(ids):
         image = Image.fromarray(source.load_image(image_id))
-        truth = source.mask_path(image_id)
         pictures = [
             image,
             _cam_picture(run.cam_file(image_id), image.size),
             _mask_picture(run.pseudo_file(image_id), k),
             _mask_picture(run.seg_prediction_file(image_id), k),
-            _mask_picture(truth, k) if truth is not None else None,
+            mask_to_image(source.load_mask(image_id)).convert("RGB") if source.has_masks() else None,
         ]
         for c, picture in enumerate(pictures):
             if picture is not None:
