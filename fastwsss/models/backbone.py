@@ -119,6 +119,13 @@ def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def keep_batchnorm_eval(module: nn.Module) -> None:
+    """Put every BatchNorm layer inside `module` back in eval mode (after a model's `.train()` call), so that
+    frozen statistics stay frozen."""
+    for layer in batchnorm_layers(module):
+        layer.eval()
+
+
 def feature_size(size: int, output_stride: int) -> int:
     """Side of the stage-4 map for an input side `size`: a ceil(n / 2) per stride-2 step."""
     steps = 2 + sum(s == 2 for s in LAYER_STRIDES[output_stride])

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastwsss.errors import CheckpointError, ConfigError
-from fastwsss.models.backbone import batchnorm_layers, build_backbone
+from fastwsss.models.backbone import batchnorm_layers, build_backbone, keep_batchnorm_eval
 from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
 
 CHECKPOINT_FORMAT = "fastwsss.cam_net/1"
@@ -125,8 +125,7 @@ class CAMNet(nn.Module):
         """Like nn.Module.train, but frozen BatchNorm layers stay in eval mode."""
         super().train(mode)
         if self.freeze_bn:
-            for module in batchnorm_layers(self.backbone):
-                module.eval()
+            keep_batchnorm_eval(self.backbone)
         return self
 
     def _check_extra(self, x: torch.Tensor, extra: torch.Tensor | None) -> None:

@@ -35,7 +35,14 @@ from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from fastwsss.errors import CheckpointError, ConfigError, one_line
-from fastwsss.models.backbone import Backbone, _torchvision_key, batchnorm_layers, build_backbone, load_imagenet_weights
+from fastwsss.models.backbone import (
+    Backbone,
+    _torchvision_key,
+    batchnorm_layers,
+    build_backbone,
+    keep_batchnorm_eval,
+    load_imagenet_weights,
+)
 from fastwsss.models.checkpoint import read_model_file, rebuild, save_model_file
 from fastwsss.models.msc import msc_pyramid
 
@@ -92,8 +99,7 @@ class SegModel(nn.Module):
     def train(self, mode: bool = True) -> SegModel:
         super().train(mode)
         if self.frozen_bn:
-            for module in batchnorm_layers(self.backbone):
-                module.eval()
+            keep_batchnorm_eval(self.backbone)
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
