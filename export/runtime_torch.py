@@ -111,7 +111,7 @@ class TorchSegmenter(Segmenter):
             x = torch.from_numpy(np.ascontiguousarray(stack)).to(self.device).permute(0, 3, 1, 2).float()
             mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
             std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
-            out = self._run((x - mean) / std)
+            out = self._run(x.sub_(mean).div_(std))  # in place: x is a fresh float copy
             return argmax_labels(out).cpu().numpy()
 
 

@@ -162,13 +162,14 @@ def test_tensorrt_missing_is_a_clear_error(served: dict[str, Path], tmp_path: Pa
         load_segmenter(served["onnx"], "tensorrt")
 
 
+@pytest.mark.parametrize("block", [1, 120, 1 << 20])  # one row per block, a few rows (a short last block), one
 @pytest.mark.parametrize("shape", [(1, 11, 7, 5), (3, 21, 16, 9), (2, 2, 1, 1)])
-def test_argmax_labels_equals_torch_argmax_ties_and_nan_included(shape: tuple[int, ...]) -> None:
+def test_argmax_labels_equals_torch_argmax_ties_and_nan_included(shape: tuple[int, ...], block: int) -> None:
     generator = torch.Generator().manual_seed(sum(shape))
     logits = torch.randint(-2, 3, shape, generator=generator).float()  # many ties
     logits.view(-1)[:: 13] = float("nan")
-    got = argmax_labels(logits)
+    got = argmax_labels(logits, block)
     assert got.dtype == torch.uint8 and got.shape == (shape[0], *shape[2:])
     torch.testing.assert_close(got, logits.argmax(dim=1).to(torch.uint8), rtol=0, atol=0)
     strided = torch.randn(shape[0], shape[2], shape[3], shape[1], generator=generator).permute(0, 3, 1, 2)
-    torch.testing.assert_close(argmax_labels(strided), strided.argmax(dim=1).to(torch.uint8), rtol=0, atol=0)
+    torch.testing.assert_close(argmax_labels(strided, block), strided.argmax(dim=1).to(torch.uint8), rtol=0, atol=0)
