@@ -141,6 +141,11 @@ class PseudoConfig:
     bg_rule: str = "fixed"
     """"fixed": one background level `bg_threshold` against the walked maps divided by their global
     maximum (IRNet); "otsu": each walked map's own Otsu level, never below `bg_threshold`."""
+    refine_iterations: int = 0
+    """Colour-affinity averages of the walked maps before the background level (fastwsss.colour_refine);
+    0 = none (IRNet)."""
+    refine_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    """Pixel distances of the 8 neighbours each refinement step averages over."""
 
 
 @dataclass
@@ -325,12 +330,13 @@ def preset_tiny() -> RunConfig:
 def preset_synthetic() -> RunConfig:
     """The default job: the built-in synthetic set, minutes on 2 CPU cores.
 
-    Three changes from IRNet's values, each measured in docs/default-job.md and none chosen on masks:
-    output stride 8 (a 12x12 CAM grid on 96-pixel images instead of 6x6); Otsu levels for the IR-label
-    foreground and the pseudo-mask background, never below IRNet's 0.30 / 0.25 (fastwsss.thresholds: on
-    this set the CAMs spread over the scene around each object, and a fixed VOC level marks that scene as
-    the object); and a walk of 2^4 steps, IRNet's 2^8 scaled by the area of the stride-4 grid (24x24 here
-    against about 94x125 on VOC).
+    Changes from IRNet's values, each measured in docs/default-job.md and none chosen on masks: output
+    stride 8 (a 12x12 CAM grid on 96-pixel images instead of 6x6); Otsu levels for the IR-label foreground
+    and the pseudo-mask background, never below IRNet's 0.30 / 0.25 (fastwsss.thresholds: on this set the
+    CAMs spread over the scene around each object, and a fixed VOC level marks that scene as the object); a
+    walk of 2^4 steps, IRNet's 2^8 scaled by the area of the stride-4 grid (24x24 here against about 94x125
+    on VOC); 10 colour-affinity steps on the walked maps (fastwsss.colour_refine: the boundary net does not
+    find the objects' borders, the colours do); and DeepLab started from the run's own classifier.
     """
     return RunConfig(
         preset="synthetic",
@@ -338,7 +344,7 @@ def preset_synthetic() -> RunConfig:
         cls=_small_cls(epochs=8, output_stride=8),
         ir_label=IRLabelConfig(fg_rule="otsu"),
         irn=_small_irn(),
-        pseudo=PseudoConfig(exp_times=4, bg_rule="otsu"),
+        pseudo=PseudoConfig(exp_times=4, bg_rule="otsu", refine_iterations=10),
         seg=_small_seg(epochs=7, init="classifier"),
         c2am=_small_c2am(),
         conta=ContaConfig(mask_size=32),
@@ -525,6 +531,9 @@ def validate(config: RunConfig) -> RunConfig:
     need(0 <= p.exp_times <= 16, "pseudo.exp_times", f"must be in 0..16, got {p.exp_times}")
     need(0 < p.bg_threshold < 1, "pseudo.bg_threshold", f"must be in (0, 1), got {p.bg_threshold}")
     need(p.bg_rule in THRESHOLD_RULES, "pseudo.bg_rule", f"one of {', '.join(THRESHOLD_RULES)}, got {p.bg_rule!r}")
+    need(0 <= p.refine_iterations <= 100, "pseudo.refine_iterations", f"must be in 0..100, got {p.refine_iterations}")
+    need(len(p.refine_dilations) > 0 and all(1 <= d <= 64 for d in p.refine_dilations), "pseudo.refine_dilations",
+         f"one or more pixel distances in 1..64, got {p.refine_dilations}")
     g = config.seg
     need(g.model in ("deeplabv2", "deeplabv3"), "seg.model", f"deeplabv2 or deeplabv3, got {g.model!r}")
     need(g.epochs >= 1, "seg.epochs", f"must be >= 1, got {g.epochs}")

@@ -107,13 +107,16 @@ def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") ->
         on_gt.add(edge[gt_border])
         elsewhere.add(edge[~ir_border & ~band & ~gt_border])
         cam4 = torch.from_numpy(cams.cam4.astype(np.float32))
-        size = image.shape[:2]
+        def to_mask(walked: torch.Tensor) -> np.ndarray:
+            return walk_to_mask(walked, cams.keys, image.shape[:2], p.bg_threshold, p.bg_rule, image,  # noqa: B023
+                                p.refine_iterations, p.refine_dilations)  # fmt: skip
+
         for edge_name, boundary in (("irn", edge), ("ground-truth", gt_border.float())):
             for step_name, exp_times in steps.items():
                 walked = random_walk(cam4, boundary, beta=p.beta, exp_times=exp_times, radius=p.radius)
-                meters[f"{edge_name} edge, {step_name} walk"].update(walk_to_mask(walked, cams.keys, size, p.bg_threshold, p.bg_rule), gt)
+                meters[f"{edge_name} edge, {step_name} walk"].update(to_mask(walked), gt)
         unwalked = random_walk(cam4, edge, beta=p.beta, exp_times=0, radius=p.radius)
-        meters["no walk"].update(walk_to_mask(unwalked, cams.keys, size, p.bg_threshold, p.bg_rule), gt)
+        meters["no walk"].update(to_mask(unwalked), gt)
         used += 1
     if used == 0:
         raise DataError(f"{run.path}: no image had a CAM, an IR label and a mask; run the pipeline up to irn first")

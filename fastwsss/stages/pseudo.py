@@ -3,7 +3,8 @@
 Per image: boundary probabilities at stride 4 from the image and its flip, `cam4 * (1 - edge)` walked with
 the column-normalised transition T = A^beta / colsum for 2^exp_times steps (the sparse walk of
 `fastwsss.kernels.random_walk`, never the dense n x n matrix), bilinear x4 upsampling cropped to the image,
-one global max over all classes, a constant background plane (0.25), argmax -> class ids.
+one global max over all classes, a constant background plane (0.25), argmax -> class ids. The `synthetic`
+preset refines the maps by colour affinity before the background level (`pseudo.refine_iterations`).
 
 On a GPU `CUDA_WALK_BATCH` images are handled together: images of one size through the IRN as one batch, the
 walks as one padded batch (`random_walk_batch`: the same result per image, one launch per step for the whole
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fastwsss.cam_inference import load_cam_npz, normalize_image
+from fastwsss.colour_refine import DILATIONS, refine_maps
 from fastwsss.data import build_source
 from fastwsss.data.palette import save_mask_png
 from fastwsss.errors import DataError, FastwsssError
@@ -44,12 +46,20 @@ def walk_batch_size(device: torch.device) -> int:
 
 
 def walk_to_mask(
-    rw: torch.Tensor, keys: np.ndarray, size: tuple[int, int], bg_threshold: float, bg_rule: str = "fixed"
+    rw: torch.Tensor,
+    keys: np.ndarray,
+    size: tuple[int, int],
+    bg_threshold: float,
+    bg_rule: str = "fixed",
+    image: np.ndarray | None = None,
+    refine_iterations: int = 0,
+    refine_dilations: tuple[int, ...] = DILATIONS,
 ) -> np.ndarray:
     """Post-processing of IRNet: x4 upsample, crop, divide by one global max, background plane, argmax.
 
     `bg_rule` "otsu" replaces the constant plane by each map's own Otsu level, at least `bg_threshold`
-    (fastwsss.thresholds)."""
+    (fastwsss.thresholds). With `image` and `refine_iterations` > 0 the normalised maps are first refined by
+    colour affinity (fastwsss.colour_refine)."""
     height, width = size
     if rw.shape[0] == 0:
         return np.zeros(size, dtype=np.uint8)
@@ -57,6 +67,8 @@ def walk_to_mask(
     up = F.interpolate(rw[None].float(), size=(4 * h4, 4 * w4), mode="bilinear", align_corners=False)[0, :, :height, :width]
     peak = up.max()
     up = up / peak if peak > 0 else torch.zeros_like(up)
+    if image is not None and refine_iterations > 0:
+        up = refine_maps(up, image, refine_iterations, refine_dilations)
     if bg_rule != "fixed":
         maps = up.cpu().numpy()
         return seed_mask(maps, keys, class_thresholds(maps, bg_rule, bg_threshold))
@@ -75,7 +87,13 @@ def propagate_image(model: torch.nn.Module, image: np.ndarray, cam4: np.ndarray,
         return np.zeros((height, width), dtype=np.uint8)
     cams, edge = _walk_inputs(model, image, cam4, device)
     rw = random_walk(cams, edge, beta=cfg_pseudo.beta, exp_times=cfg_pseudo.exp_times, radius=cfg_pseudo.radius)
-    return walk_to_mask(rw, keys, (height, width), cfg_pseudo.bg_threshold, cfg_pseudo.bg_rule)
+    return _to_mask(rw, keys, image, cfg_pseudo)
+
+
+def _to_mask(rw: torch.Tensor, keys: np.ndarray, image: np.ndarray, cfg_pseudo) -> np.ndarray:
+    """`walk_to_mask` with the stage's settings."""
+    return walk_to_mask(rw, keys, image.shape[:2], cfg_pseudo.bg_threshold, cfg_pseudo.bg_rule, image,
+                        cfg_pseudo.refine_iterations, cfg_pseudo.refine_dilations)  # fmt: skip
 
 
 def _walk_inputs(model: torch.nn.Module, image: np.ndarray, cam4: np.ndarray,
@@ -132,7 +150,7 @@ def propagate_images(model: torch.nn.Module, items: list[tuple[np.ndarray, np.nd
                                 radius=cfg_pseudo.radius)  # fmt: skip
     for i, rw in zip(walked, results, strict=True):
         image, _, keys = items[i]
-        masks[i] = walk_to_mask(rw, keys, image.shape[:2], cfg_pseudo.bg_threshold, cfg_pseudo.bg_rule)
+        masks[i] = _to_mask(rw, keys, image, cfg_pseudo)
     return masks
 
 
