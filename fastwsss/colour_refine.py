@@ -10,7 +10,11 @@ its small position term. For every pixel i and each of its 8 neighbours j at eve
 with I in [0, 1] and sigma_i the standard deviation of the neighbours' colours (per channel), so the weights
 adapt to how much the colour varies around i. Each step is a convex combination, so maps stay within their
 range. It needs the image and no mask: a blob that spills over an object's border is pulled back to where
-the colour changes. The `synthetic` preset applies it to the walked maps (`pseudo.refine_iterations`); the
+the colour changes. The averaging is not mass-preserving: where a uniform region holds no confident value
+of its own, a value that spills into it near its edge can spread over the whole region (in a test image, a
+class sure over a 2-pixel spill into a flat 32-pixel-wide scene where elsewhere both classes are equally
+likely takes the whole scene over; with the scene confidently background, the spill is pulled back to the
+edge, tests/test_colour_refine.py). The `synthetic` preset applies it to the walked maps (`pseudo.refine_iterations`); the
 `voc` and `coco` presets leave it off, as IRNet does.
 """
 

@@ -183,6 +183,10 @@ class SegConfig:
     crf: bool = False
     """Refine the val and cam-split predictions with DeepLab's test-time dense CRF (needs fastwsss[crf]); the
     released code offers it as a separate, optional step."""
+    refine_iterations: int = 0
+    """Test-time colour refinement of the softmax before the argmax, for the same predictions as `crf`
+    (fastwsss.colour_refine, its default neighbour distances): a CRF-like step with no extra dependency.
+    0 = none. The exported model and `fastwsss segment` give the unrefined output."""
     msc_scales: tuple[float, ...] = ()
     """DeepLab's MSC: extra input scales (0.5, 0.75); training sums the loss of every scale and of their max,
     prediction takes the max. Empty = single scale."""
@@ -336,7 +340,8 @@ def preset_synthetic() -> RunConfig:
     CAMs spread over the scene around each object, and a fixed VOC level marks that scene as the object); a
     walk of 2^4 steps, IRNet's 2^8 scaled by the area of the stride-4 grid (24x24 here against about 94x125
     on VOC); 10 colour-affinity steps on the walked maps (fastwsss.colour_refine: the boundary net does not
-    find the objects' borders, the colours do); and DeepLab started from the run's own classifier.
+    find the objects' borders, the colours do), and the same 10 steps on DeepLab's softmax at test time (the
+    place of DeepLab's dense CRF); and DeepLab started from the run's own classifier.
     """
     return RunConfig(
         preset="synthetic",
@@ -345,7 +350,7 @@ def preset_synthetic() -> RunConfig:
         ir_label=IRLabelConfig(fg_rule="otsu"),
         irn=_small_irn(),
         pseudo=PseudoConfig(exp_times=4, bg_rule="otsu", refine_iterations=10),
-        seg=_small_seg(epochs=7, init="classifier"),
+        seg=_small_seg(epochs=7, init="classifier", refine_iterations=10),
         c2am=_small_c2am(),
         conta=ContaConfig(mask_size=32),
     )
@@ -535,6 +540,8 @@ def validate(config: RunConfig) -> RunConfig:
     need(len(p.refine_dilations) > 0 and all(1 <= d <= 64 for d in p.refine_dilations), "pseudo.refine_dilations",
          f"one or more pixel distances in 1..64, got {p.refine_dilations}")
     g = config.seg
+    need(0 <= g.refine_iterations <= 100, "seg.refine_iterations", f"must be in 0..100, got {g.refine_iterations}")
+    need(not (g.crf and g.refine_iterations), "seg.refine_iterations", "use either seg.crf or the colour refinement, not both")
     need(g.model in ("deeplabv2", "deeplabv3"), "seg.model", f"deeplabv2 or deeplabv3, got {g.model!r}")
     need(g.epochs >= 1, "seg.epochs", f"must be >= 1, got {g.epochs}")
     need(g.batch_size >= 1, "seg.batch_size", f"must be >= 1, got {g.batch_size}")

@@ -13,6 +13,7 @@ from fastwsss.colour_refine import refine_maps
 from fastwsss.config import get_preset, validate
 from fastwsss.errors import ConfigError
 from fastwsss.stages.pseudo import walk_to_mask
+from fastwsss.stages.seg import predict_mask
 
 
 def refine_maps_reference(maps: np.ndarray, image: np.ndarray, iterations: int, dilations: tuple[int, ...],
@@ -95,3 +96,36 @@ def test_presets_and_validation() -> None:
                              ({"refine_dilations": (0, 2)}, "pseudo.refine_dilations")):  # fmt: skip
         with pytest.raises(ConfigError, match=rf"^{setting}: "):
             validate(dataclasses.replace(config, pseudo=dataclasses.replace(config.pseudo, **changes)))
+
+
+class SpillingModel(torch.nn.Module):
+    """Class 1 sure over the left 16 columns, unsure over the next 6 (a spill), background sure elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(images.shape[0], 2, *images.shape[-2:])
+        logits[:, 1] = -4.0
+        logits[:, 1, :, :22] = 1.0
+        logits[:, 1, :, :16] = 4.0
+        return logits
+
+
+def test_predict_mask_refines_deeplab_softmax_only_when_asked() -> None:
+    image = np.zeros((32, 48, 3), np.uint8)
+    image[:, :16] = (200, 40, 40)  # the object
+    image[:, 16:] = (20, 90, 160)  # the scene, another flat colour
+    raw = predict_mask(SpillingModel(), image, "cpu")
+    refined = predict_mask(SpillingModel(), image, "cpu", refine_iterations=10)
+    assert (raw == 1).sum() == 32 * 22
+    assert (refined[:, :16] == 1).all() and (refined == 1).sum() == 32 * 16  # back to the colour edge
+
+
+def test_seg_refinement_settings_are_checked() -> None:
+    config = get_preset("tiny")
+    assert validate(get_preset("synthetic")).seg.refine_iterations == validate(get_preset("synthetic")).pseudo.refine_iterations
+    for changes, message in (({"refine_iterations": 101}, "0..100"), ({"refine_iterations": 5, "crf": True}, "not both")):
+        with pytest.raises(ConfigError, match=rf"^seg\.refine_iterations: .*{message}"):
+            validate(dataclasses.replace(config, seg=dataclasses.replace(config.seg, **changes)))

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastwsss.cam_inference import normalize_image
+from fastwsss.colour_refine import refine_maps
 from fastwsss.config import SegConfig
 from fastwsss.crf import crf_refine_probs
 from fastwsss.data import build_source
@@ -125,11 +126,13 @@ def predict_mask(
     device: torch.device | str | None = None,
     msc_scales: tuple[float, ...] = (),
     crf: bool = False,
+    refine_iterations: int = 0,
 ) -> np.ndarray:
     """Class-id mask (H, W) uint8 of one (H, W, 3) uint8 RGB image: full image, argmax.
 
     Single scale, or with `msc_scales` the max of the MSC logits (fastwsss.models.msc); with `crf` the
-    softmax is refined by DeepLab's dense CRF first. `model` must already be on `device` (default: the
+    softmax is refined by DeepLab's dense CRF first, with `refine_iterations` by colour affinity
+    (fastwsss.colour_refine). `model` must already be on `device` (default: the
     device of its parameters); it runs in eval mode and its previous mode is restored.
     """
     if device is None:
@@ -140,6 +143,9 @@ def predict_mask(
         if crf:
             probs = torch.softmax(logits[0], dim=0).cpu().numpy()
             return crf_refine_probs(image, probs).astype(np.uint8)
+        if refine_iterations > 0:
+            probs = refine_maps(torch.softmax(logits[0].float(), dim=0).cpu(), image, refine_iterations)
+            return probs.argmax(dim=0).to(torch.uint8).numpy()
         mask = logits[0].argmax(dim=0).to(torch.uint8)
     return mask.cpu().numpy()
 
@@ -242,6 +248,12 @@ def _ground_truth(source: SegmentationSource, image_id: str, shape: tuple[int, .
     return gt
 
 
+def _predict(ctx: StageContext, model: SegModel, image: np.ndarray) -> np.ndarray:
+    """`predict_mask` with the run's test-time settings (MSC scales, CRF, colour refinement)."""
+    s = ctx.config.seg
+    return predict_mask(model, image, ctx.device, s.msc_scales, s.crf, s.refine_iterations)
+
+
 def evaluate_split(ctx: StageContext, model: SegModel, source: SegmentationSource) -> dict[str, Any] | None:
     """mIoU of the model's predictions on `source` against its ground truth; None where it has none."""
     if not source.has_masks():
@@ -255,7 +267,7 @@ def evaluate_split(ctx: StageContext, model: SegModel, source: SegmentationSourc
         except DataError as exc:
             warn(str(exc))
             continue
-        pred = predict_mask(model, image, ctx.device, ctx.config.seg.msc_scales, ctx.config.seg.crf)
+        pred = _predict(ctx, model, image)
         gt = _ground_truth(source, image_id, pred.shape)
         if gt is not None:
             meter.update(pred, gt)
@@ -287,8 +299,7 @@ def predict_split(
             if ctx.resume and path.is_file():
                 pred = read_label_png(path, source.num_classes)
             else:
-                pred = predict_mask(model, source.load_image(image_id), ctx.device, ctx.config.seg.msc_scales,
-                                    ctx.config.seg.crf)
+                pred = _predict(ctx, model, source.load_image(image_id))
                 save_mask_png(pred, path)
                 count += 1
                 ctx.step("seg_pred", count)
