@@ -45,9 +45,10 @@ def colour_affinity(image: np.ndarray, dilations: tuple[int, ...] = DILATIONS, s
     """(H, W, 3) uint8 RGB -> (8 * len(dilations), H, W) float32 weights that sum to 1 over the neighbours."""
     rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
     neighbours = neighbour_values(rgb, dilations)
-    sigma = neighbours.std(dim=1, keepdim=True)
-    logits = -(((neighbours - rgb[:, None]).abs() / (sigma + 1e-8) / scale) ** 2)
-    return torch.softmax(logits.mean(dim=0), dim=0)
+    centred = neighbours - neighbours.mean(dim=1, keepdim=True)  # two-pass std: torch.std over dim 1 is 10x slower
+    sigma = centred.mul_(centred).sum(dim=1, keepdim=True).div_(neighbours.shape[1] - 1).sqrt_()
+    ratio = (neighbours - rgb[:, None]).div_(sigma.add_(1e-8).mul_(scale))
+    return torch.softmax(ratio.mul_(ratio).neg_().mean(dim=0), dim=0)
 
 
 def refine_maps(
