@@ -129,7 +129,7 @@ def _sources(preset: str) -> dict[str, str]:
 METHOD = Method(
     name="c2am",
     description="front-door adjustment: fine-tune the classifier with global-CAM logit scaling",
-    links=("https://arxiv.org/abs/2203.13254", "https://github.com/yiping-wang/c2am"),
+    links=("https://github.com/yiping-wang/c2am",),
     stages=("cls", "global_cam", "c2am", "cam", "ir_label", "irn", "pseudo", "seg", "eval"),
     added_stages=(
         Stage("global_cam", GLOBAL_CAM, lazy("fastwsss.stages.global_cam", "run_global_cam")),
