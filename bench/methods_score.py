@@ -163,7 +163,7 @@ def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
 def attention_diagnostics(round_path: Path) -> dict[str, float] | None:
     """Is Eq. 3 doing anything? How image-specific M is, and how peaked the attention alpha is."""
     from fastwsss.kernels.confounder_attention import confounder_attention_weights_reference
-    from fastwsss.stages.cls import load_attention
+    from fastwsss.stages.confounder import load_attention
 
     if not RunDir(round_path).attention_file.is_file():
         return None
@@ -201,7 +201,7 @@ def placement_diagnostics(run_path: Path, round_: int, images: int = 64) -> dict
     from fastwsss.data.datasets import ClassificationDataset
     from fastwsss.methods.conta import ContextClassifier
     from fastwsss.models.cam_net import load_cam_net
-    from fastwsss.stages.cls import load_attention
+    from fastwsss.stages.confounder import load_attention
 
     view = RunDir(run_path).round_view(round_)
     if not view.attention_file.is_file():

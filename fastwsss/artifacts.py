@@ -1,8 +1,9 @@
 """Where a finished run keeps the models a user serves: the final DeepLab and the final CAM classifier.
 
-    cam, c2am: RUNDIR/seg/ckpt.pt                  conta: RUNDIR/rounds/<last round>/seg/ckpt.pt
-    cam:       RUNDIR/cls/ckpt.pt     c2am: RUNDIR/c2am/ckpt.pt     conta: RUNDIR/rounds/<last>/cls/ckpt.pt
-(a CONTA classifier of round >= 1 also needs its M map, so export takes the round-0 classifier instead).
+The DeepLab is seg/ckpt.pt of the run's final view (`RunDir.final_view`: the run, or the last round of a
+method that runs in rounds). The classifier is the method's `classifier_stage`/ckpt.pt (cls; C2AM: c2am)
+of the run, or of round 0 for a method that runs in rounds (`Method.export_round`): CONTA's classifiers
+of rounds >= 1 also need their M map, round 0's takes the image alone.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastwsss.errors import RunDirError
+from fastwsss.methods import get_method
 from fastwsss.rundir import SEG, open_run_dir
 
 
 def final_seg_checkpoint(rundir: str | Path) -> Path:
-    """The DeepLab to export: seg/ckpt.pt of the run, or of its last CONTA round."""
+    """The DeepLab to export: seg/ckpt.pt of the run's final view."""
     run = open_run_dir(rundir)
     path = run.final_view(run.load_config()).checkpoint(SEG)
     if not path.is_file():
@@ -23,10 +25,11 @@ def final_seg_checkpoint(rundir: str | Path) -> Path:
 
 
 def final_classifier_checkpoint(rundir: str | Path) -> Path:
-    """The classifier to export: C2AM's fine-tuned one, else cls/ckpt.pt (CONTA: round 0's, which needs no M)."""
+    """The classifier to export: the method's, of the run or of its export round (round 0: no extra input)."""
     run = open_run_dir(rundir)
     config = run.load_config()
-    path = (run.round_view(0) if config.method == "conta" else run).classifier_checkpoint(config.method)
+    round_ = get_method(config.method).export_round(config)
+    path = (run if round_ is None else run.round_view(round_)).classifier_checkpoint(config.method)
     if not path.is_file():
         raise RunDirError(f"{path}: no trained classifier in {rundir}")
     return path

@@ -12,6 +12,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 
+from fastwsss.commands.method_options import (
+    LiveHelpOption,
+    method_choice_help,
+    method_help,
+    rounds_help,
+    rounds_settings,
+    stages_help,
+)
 from fastwsss.config import PRESETS, RunConfig, get_preset, parse_setting, validate
 from fastwsss.distributed import PeerStopped
 from fastwsss.errors import ConfigError, FastwsssError, one_line
@@ -126,17 +134,13 @@ def check_resume_options(saved: RunConfig, options: dict[str, Any], rundir: Path
 @app.command()
 @friendly_errors
 def train(
-    method: Annotated[str | None, typer.Option(
-        help="cam (IRNet baseline), c2am (front-door: global-CAM logit scaling) or conta (backdoor: context "
-        "adjustment over --rounds)")] = None,
-    rounds: Annotated[int | None, typer.Option(help="CONTA rounds after the baseline round 0 (paper: 3)")] = None,
+    method: Annotated[str | None, LiveHelpOption(method_help)] = None,
+    rounds: Annotated[int | None, LiveHelpOption(rounds_help)] = None,
     data: Annotated[str | None, typer.Option(help="synthetic (built in, no download), voc or coco")] = None,
     root: Annotated[Path | None, typer.Option(help="Data set folder (VOC: VOCdevkit/VOC2012)")] = None,
     preset: Annotated[str, typer.Option(help=f"Settings bundle: {', '.join(PRESETS)}")] = "synthetic",
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<method>-<preset>-<time>)")] = None,
-    stages: Annotated[str | None, typer.Option(
-        help="Comma-separated subset of the method's stages: cls,cam,ir_label,irn,pseudo,seg,eval; c2am adds "
-        "global_cam,c2am; conta adds confounder and runs them in every round")] = None,
+    stages: Annotated[str | None, LiveHelpOption(stages_help)] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed of the run")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local torchvision ImageNet state dict for the classifier and, "
@@ -182,7 +186,7 @@ def train(
     from fastwsss.stages import stages_for
 
     options = {
-        "method": method, "seed": seed, "device": device, "conta.rounds": rounds,
+        "method": method, "seed": seed, "device": device, **rounds_settings(rounds),
         "data.name": data, "data.root": absolute(root), "data.num_workers": num_workers,
         "data.cls_labels": absolute(cls_labels),
         "cls.weights": absolute(weights), "cls.backbone": backbone, "cls.epochs": epochs,
@@ -311,13 +315,8 @@ def eval_command(
         run.lock()
         try:
             device = resolve_device(config.device)
-            if config.method == "conta":
-                for t in range(config.conta.rounds + 1):
-                    view = run.round_view(t)
-                    if view.path.is_dir():
-                        run_eval(StageContext(config=config, run=view, device=device, round=t))
-            else:
-                run_eval(StageContext(config=config, run=run, device=device))
+            for view, round_ in run.views(config):
+                run_eval(StageContext(config=config, run=view, device=device, round=round_))
         finally:
             run.unlock()
     _print_metrics(run.path, verbose)
@@ -327,7 +326,7 @@ def eval_command(
 @friendly_errors
 def presets(
     name: Annotated[str | None, typer.Argument(help="Show this preset's full settings")] = None,
-    method: Annotated[str, typer.Option(help="Show the settings as this method gets them (cam, c2am, conta)")] = "cam",
+    method: Annotated[str, LiveHelpOption(method_choice_help)] = "cam",
     as_json: Annotated[bool, typer.Option("--json", help="Print the resolved settings as JSON instead")] = False,
 ) -> None:
     """List the presets, or print one preset's settings, each with the released file and line (or paper

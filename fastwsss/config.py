@@ -243,9 +243,6 @@ class ContaConfig:
     attention_lr_mult: float = 1.0
 
 
-CONTA_EXTRA_AT = ("block2", "block3", "block4", "block5", "dense")
-
-
 @dataclass
 class EvalConfig:
     cam_bg_threshold: float = 0.15
@@ -273,7 +270,6 @@ class RunConfig:
         return asdict(self)
 
 
-METHODS = ("cam", "c2am", "conta")
 DATASET_NAMES = ("synthetic", "voc", "coco")
 
 
@@ -403,30 +399,6 @@ def preset_coco() -> RunConfig:
     )
 
 
-def _released_c2am(config: RunConfig) -> RunConfig:
-    """C2AM's fine-tune network: torchvision's stride-32 ResNet-50 with conv1/bn1 frozen (net/resnet50_cam.py)."""
-    return dataclasses.replace(config, c2am=dataclasses.replace(config.c2am, output_stride=32, freeze_stem=True))
-
-
-def _voc_c2am(config: RunConfig) -> RunConfig:
-    """C2AM's released VOC settings: its fine-tune network, two more CAM scales, IR thresholds 0.375 / 0.10, sem
-    bg 0.20 (cfg/c2am.yml) and its DeepLab schedule (batch 10 x 2, 30k iterations, scales 0.5..2.0)."""
-    config = _released_c2am(config)
-    return dataclasses.replace(
-        config,
-        cam=dataclasses.replace(config.cam, scales=(*config.cam.scales, 2.5, 3.0)),
-        ir_label=dataclasses.replace(config.ir_label, fg_threshold=0.375, bg_threshold=0.10),
-        pseudo=dataclasses.replace(config.pseudo, bg_threshold=0.20),
-        seg=dataclasses.replace(config.seg, batch_size=20, iterations=30_000, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)),
-    )
-
-
-METHOD_PRESET_CHANGES: dict[tuple[str, str], Callable[[RunConfig], RunConfig]] = {
-    ("voc", "c2am"): _voc_c2am,
-    ("coco", "c2am"): _released_c2am,
-}
-"""Settings a method changes in a preset (e.g. C2AM's released thresholds on VOC), keyed (preset, method)."""
-
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny": preset_tiny,
     "synthetic": preset_synthetic,
@@ -436,16 +408,14 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 
 
 def get_preset(name: str, method: str = "cam") -> RunConfig:
-    """Preset `name` for `method`, with the method's own changes to that preset (METHOD_PRESET_CHANGES)."""
+    """Preset `name` for `method`, with the method's own changes to that preset (`Method.preset_changes`)."""
+    from fastwsss.methods import get_method
+
     try:
         config = PRESETS[name]()
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
-    if method not in METHODS:
-        raise ConfigError(f"method: unknown method {method!r}; valid: {', '.join(METHODS)}")
-    config = dataclasses.replace(config, method=method)
-    change = METHOD_PRESET_CHANGES.get((name, method))
-    return change(config) if change is not None else config
+    return get_method(method).with_preset(name, config)
 
 
 MAX_SEED = 2**32 - 1
@@ -462,7 +432,10 @@ SCALE_RANGE = (0.05, 8.0)
 
 
 def validate(config: RunConfig) -> RunConfig:
-    """Check every setting's type and range (upper bounds included); raise ConfigError naming the first bad one."""
+    """Check every setting's type and range (upper bounds included); raise ConfigError naming the first bad one.
+
+    Each registered method checks its own section (`Method.check`)."""
+    from fastwsss.methods import METHODS
 
     def need(ok: bool, setting: str, message: str) -> None:
         if not ok:
@@ -472,7 +445,7 @@ def validate(config: RunConfig) -> RunConfig:
         raise ConfigError(f"config: expected the run settings, got {type(config).__name__}")
     check_types(config)
     need(0 <= config.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}, got {config.seed}")
-    for section in ("cls", "irn", "seg", "c2am"):
+    for section in ("cls", "irn", "seg"):
         part = getattr(config, section)
         need(1 <= part.epochs <= MAX_EPOCHS, f"{section}.epochs", f"must be in 1..{MAX_EPOCHS}, got {part.epochs}")
         need(1 <= part.batch_size <= MAX_BATCH, f"{section}.batch_size", f"must be in 1..{MAX_BATCH}, got {part.batch_size}")
@@ -489,11 +462,11 @@ def validate(config: RunConfig) -> RunConfig:
     need(config.pseudo.radius <= MAX_RADIUS, "pseudo.radius", f"must be <= {MAX_RADIUS}, got {config.pseudo.radius}")
     need(config.data.synth.size <= MAX_SIDE, "synth.size", f"must be <= {MAX_SIDE}, got {config.data.synth.size}")
     need(config.data.num_workers <= 256, "data.num_workers", f"must be <= 256, got {config.data.num_workers}")
-    need(config.c2am.global_size <= MAX_SIDE, "c2am.global_size", f"must be <= {MAX_SIDE}, got {config.c2am.global_size}")
-    need(config.conta.mask_size <= 512, "conta.mask_size", f"must be <= 512, got {config.conta.mask_size}")
-    need(config.conta.rounds <= 100, "conta.rounds", f"must be <= 100, got {config.conta.rounds}")
     need(config.preset in PRESETS, "preset", f"unknown preset {config.preset!r}; valid: {', '.join(PRESETS)}")
     need(config.method in METHODS, "method", f"unknown method {config.method!r}; valid: {', '.join(METHODS)}")
+    for method in METHODS.values():
+        if method.check is not None:
+            method.check(config, need)
     need(config.data.name in DATASET_NAMES, "data", f"unknown data set {config.data.name!r}; valid: {', '.join(DATASET_NAMES)}")
     need(config.data.name == "synthetic" or config.data.root is not None, "root", f"--root is required for --data {config.data.name}")
     need(config.data.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -565,18 +538,6 @@ def validate(config: RunConfig) -> RunConfig:
          "classifier takes the backbone from the run's classifier; drop seg.weights (--seg-weights)")
     need(g.init != "classifier" or g.backbone == config.cls.backbone, "seg.init",
          f"classifier needs seg.backbone = cls.backbone, got {g.backbone!r} and {config.cls.backbone!r}")
-    m = config.c2am
-    need(m.global_size >= 1, "c2am.global_size", f"must be >= 1, got {m.global_size}")
-    need(m.gamma > 0, "c2am.gamma", f"must be > 0, got {m.gamma}")
-    need(m.epochs >= 1 and m.batch_size >= 1 and m.lr > 0 and m.head_lr_mult > 0, "c2am.epochs",
-         "epochs, batch_size, lr and head_lr_mult must be positive")
-    need(m.output_stride in (0, 8, 16, 32), "c2am.output_stride", f"0 (the classifier's), 8, 16 or 32, got {m.output_stride}")
-    t = config.conta
-    need(t.rounds >= 0, "conta.rounds", f"must be >= 0, got {t.rounds}")
-    need(t.extra_at in CONTA_EXTRA_AT, "conta.extra_at", f"one of {', '.join(CONTA_EXTRA_AT)}, got {t.extra_at!r}")
-    need(t.mask_size >= 1, "conta.mask_size", f"must be >= 1, got {t.mask_size}")
-    need(t.mask_source in ("seg", "pseudo"), "conta.mask_source", f"seg or pseudo, got {t.mask_source!r}")
-    need(t.attention_lr_mult > 0, "conta.attention_lr_mult", f"must be > 0, got {t.attention_lr_mult}")
     e = config.eval
     need(0 < e.cam_bg_threshold < 1, "eval.cam_bg_threshold", f"must be in (0, 1), got {e.cam_bg_threshold}")
     need(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", config.device) is not None, "device", f"auto, cpu or cuda[:N], got {config.device!r}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastwsss.config import RunConfig
 from fastwsss.errors import FastwsssError, one_line
-from fastwsss.stages import plan
+from fastwsss.stages import plan_for
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _row(config: RunConfig, name: str, images: dict[str, int | None]) -> Planned
 
 
 def dry_run_rows(config: RunConfig, stages: str | None = None) -> tuple[list[tuple[str, PlannedRow]], list[str]]:
-    """(label, row) for every stage of the run in order (the label names CONTA's round), and one line per
+    """(label, row) for every stage of the run in order (the label names the round), and one line per
     split whose list cannot be read."""
     d = config.data
     splits = sorted({d.train_split, d.cam_split, d.val_split, d.eval_split or d.cam_split})
@@ -91,7 +91,7 @@ def dry_run_rows(config: RunConfig, stages: str | None = None) -> tuple[list[tup
     problems = [f"split {split}: {size}" for split, size in sizes.items() if isinstance(size, str)]
     images = {split: size if isinstance(size, int) else None for split, size in sizes.items()}
     rows = []
-    for planned in plan(config.method, config.conta.rounds, stages):
+    for planned in plan_for(config, stages):
         label = planned.stage.name if planned.round is None else f"round {planned.round}: {planned.stage.name}"
         rows.append((label, _row(config, planned.stage.name, images)))
     return rows, problems

@@ -17,7 +17,7 @@ from fastwsss.errors import ConfigError
 from fastwsss.progress import log
 from fastwsss.run_checks import check_new_run
 from fastwsss.rundir import RunDir, create_or_resume
-from fastwsss.stages import plan, stages_for
+from fastwsss.stages import get_stage, plan_for, stages_for
 from fastwsss.stages.context import StageContext, StepHook, resolve_device
 from fastwsss.stages.per_image import missing_outputs
 from fastwsss.weights import check_pretrained
@@ -27,10 +27,6 @@ def default_run_name(config: RunConfig) -> str:
     return f"{config.method}-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-TRAINING_STAGES = ("cls", "c2am", "irn", "seg")
-"""Stages whose section of the config has a `batch_size` that DistributedDataParallel splits over the ranks."""
-
-
 def preflight(config: RunConfig, stage_names: list[str], processes: int = 1) -> None:
     """Checks of the environment that would otherwise fail hours into a run."""
     check_pretrained(config, stage_names)
@@ -38,12 +34,14 @@ def preflight(config: RunConfig, stage_names: list[str], processes: int = 1) -> 
         raise ConfigError("ir_label.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or set crf off")
     if "seg" in stage_names and config.seg.crf and not crf_available():
         raise ConfigError("seg.crf: pydensecrf2 is not installed; pip install 'fastwsss[crf]' or set crf off")
-    for stage in TRAINING_STAGES:
-        batch = getattr(config, stage).batch_size
-        if stage in stage_names and batch % processes:
+    for section in [get_stage(name).batch_section for name in stage_names]:
+        if section is None:
+            continue
+        batch = getattr(config, section).batch_size
+        if batch % processes:
             raise ConfigError(
-                f"{stage}.batch_size: a batch of {batch} does not split evenly over {processes} processes; "
-                f"choose a multiple of {processes} (--set {stage}.batch_size=...)"
+                f"{section}.batch_size: a batch of {batch} does not split evenly over {processes} processes; "
+                f"choose a multiple of {processes} (--set {section}.batch_size=...)"
             )
 
 
@@ -87,7 +85,7 @@ def run_pipeline(
         ranks = f", {w.size} processes" if w.distributed else ""
         log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {device}{ranks})")
         on_main(lambda: run.record_environment(environment_record(device, w.size, training_source(config))))
-        for planned in plan(config.method, config.conta.rounds, stages):
+        for planned in plan_for(config, stages):
             stage, round_ = planned.stage, planned.round
             view = run if round_ is None else run.round_view(round_)
             name = stage.name if round_ is None else f"round {round_}: {stage.name}"

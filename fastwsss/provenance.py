@@ -8,6 +8,8 @@ workers, the seed) or have no released counterpart.
 
 from __future__ import annotations
 
+from fastwsss.methods import get_method
+
 IRN = "jiwoon-ahn/irn"
 C2AM = "yiping-wang/c2am"
 CONTA = "dongzhang89/CONTA"
@@ -115,10 +117,9 @@ def sources(preset: str, method: str) -> dict[str, str]:
     if preset not in ("voc", "coco"):
         return {}
     table = dict(IRNET_SOURCES)
-    if method == "c2am":
-        table.update({k: v for k, v in C2AM_SOURCES.items() if preset == "voc" or k.startswith("c2am.")})
-    if method == "conta":
-        table.update(CONTA_SOURCES)
+    declared = get_method(method)
+    if declared.sources is not None:
+        table.update(declared.sources(preset))
     if preset == "coco":  # VOC's split lists do not apply
         table = {key: value for key, value in table.items() if not key.startswith("data.")}
         table.update(COCO_SOURCES)

@@ -28,6 +28,7 @@ from fastwsss.data.palette import voc_palette
 from fastwsss.environment import flatten
 from fastwsss.errors import FastwsssError, one_line
 from fastwsss.io import atomic_path, read_jsonl
+from fastwsss.methods import METHODS
 from fastwsss.report_charts import (
     CSS,
     bar_chart,
@@ -46,12 +47,18 @@ from fastwsss.summary import latest_rows
 THUMB = 160
 """Longest side of an overlay thumbnail, in pixels."""
 STAGE_LABELS = {"cam": "CAM seeds", "ir_label": "IR labels", "pseudo": "pseudo masks", "seg": "segmentation"}
-LOSS_STAGES = {
-    "cls": "classifier",
-    "c2am": "C2AM fine-tune",
-    "irn": "IRN (inter-pixel relations)",
-    "seg_train": "segmentation training",
-}
+
+def _loss_stages(method: str) -> dict[str, str]:
+    """Metric stage -> title of its loss curve, in the method's stage order (every stage that declares a
+    `loss_label`), then DeepLab's `seg_train`."""
+    from fastwsss.stages import all_stages
+
+    stages = all_stages()
+    order = [stages[name] for name in METHODS[method].stages] if method in METHODS else list(stages.values())
+    labels = {stage.name: stage.loss_label for stage in order if stage.loss_label}
+    return {**labels, "seg_train": "segmentation training"}
+
+
 ROUND_STAGES = ("cam", "pseudo", "seg")
 PALETTE = voc_palette(256)
 NUMBER_COLUMNS = ("mIoU (%)", "best bg threshold / mIoU (%)", "context leakage (%)", "confident fraction (%)", "images")
@@ -77,7 +84,11 @@ class RunInfo:
     def method(self) -> str:
         if self.config is not None:
             return self.config.method
-        return "conta" if self.run.rounds_dir.is_dir() else "unknown"
+        if self.run.rounds_dir.is_dir():
+            rounded = [name for name, method in METHODS.items() if method.rounds]
+            if len(rounded) == 1:
+                return rounded[0]
+        return "unknown"
 
 
 def _reason(exc: BaseException) -> str:
@@ -229,16 +240,15 @@ def _loss_charts(info: RunInfo) -> str:
             latest[(r.get("stage"), r.get("round"), epoch)] = float(loss)
     if not latest:
         return "<p>No training epochs logged yet.</p>"
-    stages = sorted(
-        {k[0] for k in latest}, key=lambda s: (list(LOSS_STAGES).index(s) if s in LOSS_STAGES else 9, str(s))
-    )
+    labels = _loss_stages(info.method)
+    stages = sorted({k[0] for k in latest}, key=lambda s: (list(labels).index(s) if s in labels else 9, str(s)))
     charts = []
     for stage in stages:
         series: dict[str, list[tuple[float, float]]] = {}
         for (s, t, epoch), loss in sorted(latest.items(), key=lambda kv: (kv[0][1] or 0, kv[0][2])):
             if s == stage:
                 series.setdefault("loss" if t is None else f"round {t}", []).append((float(epoch), loss))
-        title = f"{LOSS_STAGES.get(stage, str(stage))}: training loss per epoch"
+        title = f"{labels.get(stage, str(stage))}: training loss per epoch"
         charts.append(_guard(lambda series=series, title=title: line_chart(series, title, "epoch", "mean loss")))
     return '<div class="charts">' + "".join(charts) + "</div>"
 
@@ -260,29 +270,6 @@ def _picture(path: Path, caption: str, max_side: int = 900) -> str:
     )
 
 
-def _conta_section(info: RunInfo) -> str:
-    series: dict[str, list[tuple[float, float]]] = {}
-    for r in _scored(info):
-        if r.get("stage") in ROUND_STAGES and isinstance(r.get("round"), int) and _is_number(r.get("miou")):
-            name = f"{STAGE_LABELS[r['stage']]} ({r.get('split')})"
-            series.setdefault(name, []).append((float(r["round"]), 100 * float(r["miou"])))
-    parts = []
-    if series:
-        parts.append(_guard(lambda: line_chart(series, "mIoU (%) per CONTA round", "round", "mIoU (%)")))
-    else:
-        parts.append("<p>No round has been scored yet.</p>")
-    for t in [t for t in info.run.rounds() if t >= 1]:
-        picture = info.run.round_view(t).confounders_picture
-        parts.append(f"<h3>round {t}: confounder set (class-wise mean masks)</h3>")
-        parts.append(_guard(lambda picture=picture: _picture(picture, picture.relative_to(info.path).as_posix())))
-    return "".join(parts)
-
-
-def _c2am_section(info: RunInfo) -> str:
-    picture = info.run.global_cam_picture
-    return _picture(picture, f"{picture.relative_to(info.path).as_posix()}: the global CAM per class")
-
-
 class NotRun(Exception):
     """The stage that writes this piece has not written it (yet)."""
 
@@ -301,7 +288,7 @@ def _cam_seeds(path: Path, threshold: float) -> np.ndarray:
 
 
 def _overlay_run(info: RunInfo, config: RunConfig) -> RunDir:
-    """The final view; while a CONTA run has not reached its last round, its latest round instead."""
+    """The final view; while a run in rounds has not reached its last round, its latest round instead."""
     final = info.run.final_view(config)
     rounds = info.run.rounds()
     return final if final.path.is_dir() or not rounds else info.run.round_view(rounds[-1])
@@ -398,10 +385,9 @@ def build_report(rundir: str | Path, sample: int = 8) -> str:
         ("per-class", "IoU per class", lambda: _class_charts(info)),
         ("losses", "Training loss", lambda: _loss_charts(info)),
     ]
-    if info.method == "conta":
-        sections.append(("conta", "CONTA rounds", lambda: _conta_section(info)))
-    if info.method == "c2am":
-        sections.append(("c2am", "C2AM global CAM", lambda: _c2am_section(info)))
+    method = METHODS.get(info.method)
+    for extra in method.report_sections if method is not None else ():
+        sections.append((extra.key, extra.title, lambda extra=extra: extra.build(info)))
     sections.append(("overlays", "Sample overlays", lambda: _overlays(info, sample)))
     body = "".join(
         f'<section id="{key}"><h2>{escape(title)}</h2>{_guard(build)}</section>' for key, title, build in sections

@@ -114,8 +114,11 @@ class RunDir:
         return self.stage_path(stage) / "last.pt"
 
     def classifier_checkpoint(self, method: str) -> Path:
-        """The classifier whose CAMs the run uses: c2am/ckpt.pt for C2AM, else cls/ckpt.pt of this run or round."""
-        return self.checkpoint(C2AM if method == "c2am" else CLS)
+        """The classifier whose CAMs the run uses: <the method's classifier_stage>/ckpt.pt of this run or round
+        (cls/ckpt.pt; C2AM's fine-tuned c2am/ckpt.pt)."""
+        from fastwsss.methods import get_method
+
+        return self.checkpoint(get_method(method).classifier_stage)
 
     @property
     def attention_file(self) -> Path:
@@ -208,8 +211,21 @@ class RunDir:
         return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else []
 
     def final_view(self, config: RunConfig) -> RunDir:
-        """Where the run's final stage outputs are: the last CONTA round, else the run itself."""
-        return self.round_view(config.conta.rounds) if config.method == "conta" else self
+        """Where the run's final stage outputs are: the last round of a method that runs in rounds (CONTA),
+        else the run itself."""
+        from fastwsss.methods import get_method
+
+        last = get_method(config.method).final_round(config)
+        return self if last is None else self.round_view(last)
+
+    def views(self, config: RunConfig) -> list[tuple[RunDir, int | None]]:
+        """(view, round) of every pass of the run: the run itself, or each round that has a folder."""
+        from fastwsss.methods import get_method
+
+        count = get_method(config.method).round_count(config)
+        if count is None:
+            return [(self, None)]
+        return [(self.round_view(t), t) for t in range(count + 1) if self.round_view(t).path.is_dir()]
 
     def load_config(self) -> RunConfig:
         try:

@@ -6,13 +6,24 @@
     s_c <- s_c * M_c inside BCE-with-logits while fine-tuning           -> `scaled_logits`, `c2am_loss`
 
 Validation and CAM inference use the plain logits; only the fine-tuning loss sees the scaled ones.
+
+The module ends with `METHOD`, C2AM's declaration for the method registry (fastwsss.methods.base): its
+stages global_cam and c2am (fastwsss/stages/global_cam.py, c2am_cls.py), its section `c2am`, its changes to
+the released presets and the fine-tuned classifier that the later stages read.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fastwsss.config import MAX_BATCH, MAX_EPOCHS, MAX_SIDE, RunConfig
+from fastwsss.methods.base import Method, Need, ReportSection
+from fastwsss.rundir import C2AM, GLOBAL_CAM
+from fastwsss.stages import Stage, lazy
 
 
 def resize_to_global(cams: np.ndarray, size: int) -> np.ndarray:
@@ -77,3 +88,58 @@ def scaled_logits(logits: torch.Tensor, constants: torch.Tensor) -> torch.Tensor
 def c2am_loss(logits: torch.Tensor, labels: torch.Tensor, constants: torch.Tensor) -> torch.Tensor:
     """BCE-with-logits (mean over batch and classes) of the scaled logits: the fine-tuning objective."""
     return F.binary_cross_entropy_with_logits(scaled_logits(logits, constants), labels.to(logits.dtype))
+
+
+def _released_c2am(config: RunConfig) -> RunConfig:
+    """C2AM's fine-tune network: torchvision's stride-32 ResNet-50 with conv1/bn1 frozen (net/resnet50_cam.py)."""
+    return dataclasses.replace(config, c2am=dataclasses.replace(config.c2am, output_stride=32, freeze_stem=True))
+
+
+def _voc_c2am(config: RunConfig) -> RunConfig:
+    """C2AM's released VOC settings: its fine-tune network, two more CAM scales, IR thresholds 0.375 / 0.10, sem
+    bg 0.20 (cfg/c2am.yml) and its DeepLab schedule (batch 10 x 2, 30k iterations, scales 0.5..2.0)."""
+    config = _released_c2am(config)
+    return dataclasses.replace(
+        config,
+        cam=dataclasses.replace(config.cam, scales=(*config.cam.scales, 2.5, 3.0)),
+        ir_label=dataclasses.replace(config.ir_label, fg_threshold=0.375, bg_threshold=0.10),
+        pseudo=dataclasses.replace(config.pseudo, bg_threshold=0.20),
+        seg=dataclasses.replace(config.seg, batch_size=20, iterations=30_000, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)),
+    )
+
+
+def _check(config: RunConfig, need: Need) -> None:
+    m = config.c2am
+    need(1 <= m.epochs <= MAX_EPOCHS, "c2am.epochs", f"must be in 1..{MAX_EPOCHS}, got {m.epochs}")
+    need(1 <= m.batch_size <= MAX_BATCH, "c2am.batch_size", f"must be in 1..{MAX_BATCH}, got {m.batch_size}")
+    need(m.global_size <= MAX_SIDE, "c2am.global_size", f"must be <= {MAX_SIDE}, got {m.global_size}")
+    need(m.global_size >= 1, "c2am.global_size", f"must be >= 1, got {m.global_size}")
+    need(m.gamma > 0, "c2am.gamma", f"must be > 0, got {m.gamma}")
+    need(m.epochs >= 1 and m.batch_size >= 1 and m.lr > 0 and m.head_lr_mult > 0, "c2am.epochs",
+         "epochs, batch_size, lr and head_lr_mult must be positive")
+    need(m.output_stride in (0, 8, 16, 32), "c2am.output_stride", f"0 (the classifier's), 8, 16 or 32, got {m.output_stride}")
+
+
+def _sources(preset: str) -> dict[str, str]:
+    from fastwsss.provenance import C2AM_SOURCES
+
+    return {k: v for k, v in C2AM_SOURCES.items() if preset == "voc" or k.startswith("c2am.")}
+
+
+METHOD = Method(
+    name="c2am",
+    description="front-door adjustment: fine-tune the classifier with global-CAM logit scaling",
+    links=("https://github.com/yiping-wang/c2am",),
+    stages=("cls", "global_cam", "c2am", "cam", "ir_label", "irn", "pseudo", "seg", "eval"),
+    added_stages=(
+        Stage("global_cam", GLOBAL_CAM, lazy("fastwsss.stages.global_cam", "run_global_cam")),
+        Stage("c2am", C2AM, lazy("fastwsss.stages.c2am_cls", "run_c2am_cls"), batch_section="c2am",
+              loss_label="C2AM fine-tune"),
+    ),
+    section="c2am",
+    preset_changes={"voc": _voc_c2am, "coco": _released_c2am},
+    check=_check,
+    sources=_sources,
+    classifier_stage=C2AM,
+    report_sections=(ReportSection("c2am", "C2AM global CAM", lazy("fastwsss.report_methods", "global_cam_section")),),
+)

@@ -12,6 +12,10 @@ Round t >= 1 of CONTA:
 W1 and W2 (n x hw) are trained with the classifier. M_t is a prior in image-normalised coordinates, so
 the crop and flip of training augmentation are not applied to it (the paper does not say either way);
 at CAM time the flipped image gets the flipped map.
+
+The module ends with `METHOD`, CONTA's declaration for the method registry (fastwsss.methods.base): its
+stage confounder (fastwsss/stages/confounder.py, which also holds the classifier's M_t input), its section
+`conta` and its rounds.
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastwsss.config import RunConfig
 from fastwsss.errors import CheckpointError
 from fastwsss.io import atomic_path
 from fastwsss.kernels.confounder_attention import confounder_attention
+from fastwsss.methods.base import ClassifierInput, ExtraMap, Method, Need, ReportSection
 from fastwsss.models.cam_net import CAMNet
+from fastwsss.rundir import CONFOUNDER
+from fastwsss.stages import BASELINE, Stage, lazy
+from fastwsss.stages.context import StageContext
 
 IGNORE = 255
 
@@ -138,3 +147,58 @@ class MaskTable:
             raise CheckpointError(f"{path}: X_m table not found (run the confounder stage first)")
         with np.load(path, allow_pickle=False) as data:
             return cls([str(i) for i in data["ids"]], data["maps"])
+
+
+CONTA_EXTRA_AT = ("block2", "block3", "block4", "block5", "dense")
+"""Where M_t may be concatenated (`conta.extra_at`): after block 2..5 (ResNet numbering) or all four."""
+
+
+def _check(config: RunConfig, need: Need) -> None:
+    t = config.conta
+    need(t.mask_size <= 512, "conta.mask_size", f"must be <= 512, got {t.mask_size}")
+    need(t.rounds <= 100, "conta.rounds", f"must be <= 100, got {t.rounds}")
+    need(t.rounds >= 0, "conta.rounds", f"must be >= 0, got {t.rounds}")
+    need(t.extra_at in CONTA_EXTRA_AT, "conta.extra_at", f"one of {', '.join(CONTA_EXTRA_AT)}, got {t.extra_at!r}")
+    need(t.mask_size >= 1, "conta.mask_size", f"must be >= 1, got {t.mask_size}")
+    need(t.mask_source in ("seg", "pseudo"), "conta.mask_source", f"seg or pseudo, got {t.mask_source!r}")
+    need(t.attention_lr_mult > 0, "conta.attention_lr_mult", f"must be > 0, got {t.attention_lr_mult}")
+
+
+def _sources(preset: str) -> dict[str, str]:
+    from fastwsss.provenance import CONTA_SOURCES
+
+    return dict(CONTA_SOURCES)
+
+
+def _classifier_input(ctx: StageContext) -> ClassifierInput | None:
+    """M_t in rounds >= 1; round 0 is the baseline classifier."""
+    if (ctx.round or 0) < 1:
+        return None
+    from fastwsss.stages.confounder import ContextInput
+
+    return ContextInput(ctx)
+
+
+def _cam_input(ctx: StageContext) -> ExtraMap | None:
+    if (ctx.round or 0) < 1:
+        return None
+    from fastwsss.stages.confounder import context_maps
+
+    return context_maps(ctx)
+
+
+METHOD = Method(
+    name="conta",
+    description="backdoor adjustment: the classifier also sees the context prior M_t, over --rounds",
+    links=("https://arxiv.org/abs/2009.12547", "https://github.com/dongzhang89/CONTA"),
+    stages=("confounder", *BASELINE),
+    added_stages=(Stage("confounder", CONFOUNDER, lazy("fastwsss.stages.confounder", "run_confounder")),),
+    section="conta",
+    check=_check,
+    sources=_sources,
+    rounds="conta.rounds",
+    first_round_skips=("confounder",),
+    classifier_input=_classifier_input,
+    cam_input=_cam_input,
+    report_sections=(ReportSection("conta", "CONTA rounds", lazy("fastwsss.report_methods", "rounds_section")),),
+)

@@ -1,13 +1,30 @@
-"""The pipeline stages: an explicit registry from stage name to the function that runs it."""
+"""The pipeline stages: an explicit registry from stage name to the function that runs it.
+
+The generic stages are listed here; a method's own stages come from its declaration
+(`fastwsss.methods.base.Method.added_stages`). Which stages a method runs, and in which round, is `plan`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fastwsss.errors import ConfigError
-from fastwsss.rundir import round_folder  # noqa: F401  (re-exported: where a round lives)
+from fastwsss.rundir import (
+    CAMS,
+    CLS,
+    IR_LABELS,
+    IRN,
+    PSEUDO,
+    SEG,
+    round_folder,  # noqa: F401  (re-exported: where a round lives)
+)
 from fastwsss.stages.context import StageContext
+
+if TYPE_CHECKING:
+    from fastwsss.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -19,55 +36,78 @@ class Stage:
     all_ranks: bool = True
     """Under torchrun: True when every rank runs it (DDP training, or sharded per-image work); False when
     rank 0 runs it alone while the others wait (stages that reduce over all images at once)."""
+    batch_section: str | None = None
+    """The config section whose `batch_size` DistributedDataParallel splits over the ranks (training stages)."""
+    loss_label: str | None = None
+    """Title of the stage's loss curve in `fastwsss report` (training stages)."""
 
 
-def _registry() -> dict[str, Stage]:
-    from fastwsss.stages import c2am_cls, cam, cls, confounder, evaluate, global_cam, ir_label, irn, pseudo, seg
+def lazy(module: str, function: str) -> Callable[[Any], Any]:
+    """`module.function`, imported on the first call: declaring a stage (or a method's report section)
+    does not import its dependencies."""
 
-    return {
-        "confounder": Stage("confounder", confounder.FOLDER, confounder.run_confounder),
-        "cls": Stage("cls", cls.FOLDER, cls.run_cls),
-        "global_cam": Stage("global_cam", global_cam.FOLDER, global_cam.run_global_cam),
-        "c2am": Stage("c2am", c2am_cls.FOLDER, c2am_cls.run_c2am_cls),
-        "cam": Stage("cam", cam.FOLDER, cam.run_cam),
-        "ir_label": Stage("ir_label", ir_label.FOLDER, ir_label.run_ir_label),
-        "irn": Stage("irn", irn.FOLDER, irn.run_irn),
-        "pseudo": Stage("pseudo", pseudo.FOLDER, pseudo.run_pseudo),
-        "seg": Stage("seg", seg.FOLDER, seg.run_seg),
-        "eval": Stage("eval", "", evaluate.run_eval),
-    }
+    def call(arg: Any) -> Any:
+        return getattr(importlib.import_module(module), function)(arg)
+
+    call.__qualname__ = f"{module}.{function}"
+    return call
 
 
-BASELINE = ("cls", "cam", "ir_label", "irn", "pseudo", "seg", "eval")
-METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    "cam": BASELINE,
-    "c2am": ("cls", "global_cam", "c2am", "cam", "ir_label", "irn", "pseudo", "seg", "eval"),
-    "conta": ("confounder", *BASELINE),
-}
-"""Stage order per method. CONTA runs BASELINE as round 0 under RUNDIR/rounds/0, then the whole tuple
-(confounder first) for each round 1..conta.rounds under RUNDIR/rounds/<t>."""
+GENERIC_STAGES = (
+    Stage("cls", CLS, lazy("fastwsss.stages.cls", "run_cls"), batch_section="cls", loss_label="classifier"),
+    Stage("cam", CAMS, lazy("fastwsss.stages.cam", "run_cam")),
+    Stage("ir_label", IR_LABELS, lazy("fastwsss.stages.ir_label", "run_ir_label")),
+    Stage("irn", IRN, lazy("fastwsss.stages.irn", "run_irn"), batch_section="irn", loss_label="IRN (inter-pixel relations)"),
+    Stage("pseudo", PSEUDO, lazy("fastwsss.stages.pseudo", "run_pseudo")),
+    Stage("seg", SEG, lazy("fastwsss.stages.seg", "run_seg"), batch_section="seg"),
+    Stage("eval", "", lazy("fastwsss.stages.evaluate", "run_eval")),
+)
+BASELINE = tuple(stage.name for stage in GENERIC_STAGES)
+"""The IRNet pipeline: the stage order of the baseline method `cam`."""
+
+
+def all_stages() -> dict[str, Stage]:
+    """Every stage by name: the generic ones and those of every registered method."""
+    from fastwsss.methods import METHODS
+
+    stages = {stage.name: stage for stage in GENERIC_STAGES}
+    for method in METHODS.values():
+        stages.update((stage.name, stage) for stage in method.added_stages)
+    return stages
 
 
 @dataclass(frozen=True)
 class PlannedStage:
     stage: Stage
     round: int | None
-    """CONTA's round (outputs under RUNDIR/rounds/<round>); None for the single-pass methods."""
+    """The round (outputs under RUNDIR/rounds/<round>); None for single-pass methods."""
 
 
-def plan(method: str, rounds: int, requested: str | None = None) -> list[PlannedStage]:
-    """Every stage the run executes, in order, with its round; `requested` filters by stage name."""
+def plan(method: str, rounds: int | None = None, requested: str | None = None) -> list[PlannedStage]:
+    """Every stage the run executes, in order, with its round; `requested` filters by stage name.
+
+    `rounds` is the round count of a method that runs in rounds (ignored for the others)."""
+    from fastwsss.methods import get_method
+
+    declared = get_method(method)
     stages = stages_for(method, requested)
-    if method != "conta":
+    if declared.rounds is None:
         return [PlannedStage(stage, None) for stage in stages]
-    planned = [PlannedStage(stage, 0) for stage in stages if stage.name != "confounder"]
-    for t in range(1, rounds + 1):
+    planned = [PlannedStage(stage, 0) for stage in stages if stage.name not in declared.first_round_skips]
+    for t in range(1, (rounds or 0) + 1):
         planned += [PlannedStage(stage, t) for stage in stages]
     return planned
 
 
+def plan_for(config: RunConfig, requested: str | None = None) -> list[PlannedStage]:
+    """`plan` of the method and round count in `config`."""
+    from fastwsss.methods import get_method
+
+    return plan(config.method, get_method(config.method).round_count(config), requested)
+
+
 def get_stage(name: str) -> Stage:
-    registry = _registry()
+    registry = all_stages()
     try:
         return registry[name]
     except KeyError:
@@ -76,10 +116,9 @@ def get_stage(name: str) -> Stage:
 
 def stages_for(method: str, requested: str | None) -> list[Stage]:
     """The stages to run: all of the method's, or the comma-separated subset the user asked for, in order."""
-    try:
-        order = METHOD_STAGES[method]
-    except KeyError:
-        raise ConfigError(f"method: unknown method {method!r}; valid: {', '.join(METHOD_STAGES)}") from None
+    from fastwsss.methods import get_method
+
+    order = get_method(method).stages
     if not requested:
         return [get_stage(name) for name in order]
     names = [n.strip() for n in requested.split(",") if n.strip()]

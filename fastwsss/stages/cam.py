@@ -1,42 +1,33 @@
 """Stage `cam`: multi-scale + flip CAMs for every image of the CAM split, one compact npz per image.
 
-The classifier is `RunDir.classifier_checkpoint`: C2AM's fine-tuned one for --method c2am; in CONTA rounds
->= 1 it also gets the image's M_t (Eq. 3 of its X_m). Finished images are never redone on --resume (each npz is written atomically, so an existing file is
-complete); under torchrun each rank takes its shard of the images (fastwsss.stages.per_image). A bad image is reported in one line and skipped; the run goes on and the count is reported.
+The classifier is `RunDir.classifier_checkpoint` (the method's `classifier_stage`: C2AM's fine-tuned one for
+--method c2am); where the method gives it an extra input (`Method.cam_input`: CONTA's M_t in rounds >= 1)
+each image gets its map. Finished images are never redone on --resume (each npz is written atomically,
+so an existing file is complete); under torchrun each rank takes its shard of the images
+(fastwsss.stages.per_image). A bad image is reported in one line and skipped; the run goes on and the
+count is reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
-
 from fastwsss.cam_inference import multiscale_cam, save_cam_npz
 from fastwsss.data import build_source
 from fastwsss.errors import DataError
+from fastwsss.methods import ExtraMap, get_method
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.progress import track, warn
 from fastwsss.rundir import CAMS
-from fastwsss.stages.cls import load_attention, uses_context
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import finish_images, images_to_do
 
 FOLDER = CAMS
 
-ExtraMap = Callable[[str], torch.Tensor | None]
-
 
 def context_maps(ctx: StageContext) -> ExtraMap:
-    """image id -> the classifier's extra input: CONTA's M_t (1, S, S) in rounds >= 1, else None."""
-    if not uses_context(ctx):
-        return lambda image_id: None
-    attention, table = load_attention(ctx.run.path)
-
-    def extra(image_id: str) -> torch.Tensor:
-        with torch.no_grad():
-            return attention(table.batch([image_id]))[0]
-
-    return extra
+    """image id -> the classifier's extra input in this stage context (`Method.cam_input`), else None."""
+    hook = get_method(ctx.config.method).cam_input
+    maps = hook(ctx) if hook is not None else None
+    return maps if maps is not None else lambda image_id: None
 
 
 def run_cam(ctx: StageContext) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
@@ -22,7 +23,14 @@ from fastwsss.data.palette import save_mask_png
 from fastwsss.distributed import barrier, on_main, shard
 from fastwsss.errors import CheckpointError, DataError
 from fastwsss.io import atomic_path
-from fastwsss.methods.conta import ConfounderSetBuilder, MaskTable, foreground_map
+from fastwsss.methods.conta import (
+    ConfounderAttention,
+    ConfounderSetBuilder,
+    ContextClassifier,
+    MaskTable,
+    foreground_map,
+)
+from fastwsss.models.checkpoint import save_torch_file
 from fastwsss.models.deeplab import load_seg_model
 from fastwsss.progress import log, track, warn
 from fastwsss.rundir import CONFOUNDER, SEG, RunDir, id_file
@@ -40,6 +48,57 @@ def load_confounders(round_path: Path) -> tuple[torch.Tensor, MaskTable]:
     if not path.is_file():
         raise CheckpointError(f"{path}: confounder set not found (run the confounder stage of this round first)")
     return torch.from_numpy(np.load(path, allow_pickle=False)), MaskTable.load(round_dir.xm_file)
+
+
+def load_attention(round_path: Path) -> tuple[ConfounderAttention, MaskTable]:
+    """A CONTA round's trained Eq. 3 attention (eval mode) and its X_m table."""
+    confounders, table = load_confounders(round_path)
+    path = RunDir(Path(round_path)).attention_file
+    if not path.is_file():
+        raise CheckpointError(f"{path}: CONTA attention weights not found (run this round's cls stage)")
+    attention = ConfounderAttention(confounders)
+    attention.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return attention.eval(), table
+
+
+class ContextInput:
+    """CONTA's M_t as the classifier's extra channel in a round >= 1 (`Method.classifier_input`).
+
+    s = f([X, M_t]) (ContextClassifier): a CAMNet with one extra channel at `conta.extra_at`, and the Eq. 3
+    attention whose W1, W2 train with it, saved beside the classifier as rounds/<t>/cls/attention.pt.
+    """
+
+    channels = 1
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.at = ctx.config.conta.extra_at
+        self.table: MaskTable | None = None
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        cfg = self.ctx.config
+        confounders, self.table = load_confounders(self.ctx.run.path)
+        attention = ConfounderAttention(confounders, seed=cfg.seed)
+        return ContextClassifier(net, attention, cfg.conta.attention_lr_mult * cfg.cls.head_lr_mult)
+
+    def batch(self, ids: list[str]) -> torch.Tensor:
+        if self.table is None:
+            raise RuntimeError("ContextInput.batch before wrap")
+        return self.table.batch(ids)
+
+    def save(self, model: nn.Module) -> None:
+        save_torch_file(model.attention.state_dict(), self.ctx.run.attention_file, checksum=False)  # a plain state dict
+
+
+def context_maps(ctx: StageContext) -> Callable[[str], torch.Tensor]:
+    """image id -> the classifier's M_t (1, S, S) of this round, for the cam stage (`Method.cam_input`)."""
+    attention, table = load_attention(ctx.run.path)
+
+    def extra(image_id: str) -> torch.Tensor:
+        with torch.no_grad():
+            return attention(table.batch([image_id]))[0]
+
+    return extra
 
 
 def _predict_missing(ctx: StageContext, ids: list[str], source: SegmentationSource, out: Path) -> None:
