@@ -129,3 +129,16 @@ def test_seg_refinement_settings_are_checked() -> None:
     for changes, message in (({"refine_iterations": 101}, "0..100"), ({"refine_iterations": 5, "crf": True}, "not both")):
         with pytest.raises(ConfigError, match=rf"^seg\.refine_iterations: .*{message}"):
             validate(dataclasses.replace(config, seg=dataclasses.replace(config.seg, **changes)))
+
+
+def test_a_uniform_region_without_a_confident_value_is_flooded() -> None:
+    """The limitation the module states: the averaging does not preserve mass. A class sure over its object
+    and a 2-pixel spill takes over a flat scene where both classes are otherwise equally likely."""
+    image = np.zeros((32, 48, 3), np.uint8)
+    image[:, :16] = (200, 40, 40)
+    image[:, 16:] = (20, 90, 160)
+    logits = torch.zeros(2, 32, 48)
+    logits[1, :, :18] = 4.0
+    refined = refine_maps(torch.softmax(logits, dim=0), image, 10)
+    assert (logits.argmax(dim=0) == 1).sum() == 32 * 18
+    assert (refined.argmax(dim=0) == 1).all()
