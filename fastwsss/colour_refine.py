@@ -14,8 +14,9 @@ the colour changes. The averaging is not mass-preserving: where a uniform region
 of its own, a value that spills into it near its edge can spread over the whole region (in a test image, a
 class sure over a 2-pixel spill into a flat 32-pixel-wide scene where elsewhere both classes are equally
 likely takes the whole scene over; with the scene confidently background, the spill is pulled back to the
-edge; both in tests/test_colour_refine.py). The `synthetic` preset applies it to the walked maps (`pseudo.refine_iterations`); the
-`voc` and `coco` presets leave it off, as IRNet does.
+edge; both in tests/test_colour_refine.py). The `synthetic` preset applies it to the walked maps
+(`pseudo.refine_iterations`) and to DeepLab's softmax at test time (`seg.refine_iterations`); the `voc` and
+`coco` presets leave it off, as IRNet and DeepLab do.
 """
 
 from __future__ import annotations
