@@ -29,17 +29,17 @@ DILATIONS = (1, 2, 4, 8)
 COLOUR_SCALE = 0.3
 
 
+def neighbour_offsets(dilations: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(dy, dx) of the 8 neighbours at each dilation, in the order every function here uses."""
+    return [(dy, dx) for d in dilations for dy in (-d, 0, d) for dx in (-d, 0, d) if dy or dx]
+
+
 def neighbour_values(x: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
     """(C, H, W) -> (C, 8 * len(dilations), H, W): the 8 neighbours at each dilation, the border replicated."""
-    height, width = x.shape[-2:]
-    out = []
-    for d in dilations:
-        padded = F.pad(x[None], (d, d, d, d), mode="replicate")[0]
-        for dy in (-d, 0, d):
-            for dx in (-d, 0, d):
-                if dy or dx:
-                    out.append(padded[:, d + dy : d + dy + height, d + dx : d + dx + width])
-    return torch.stack(out, dim=1)
+    pad, (height, width) = max(dilations), x.shape[-2:]
+    padded = F.pad(x[None], (pad, pad, pad, pad), mode="replicate")[0]
+    return torch.stack([padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+                        for dy, dx in neighbour_offsets(dilations)], dim=1)  # fmt: skip
 
 
 def colour_affinity(image: np.ndarray, dilations: tuple[int, ...] = DILATIONS, scale: float = COLOUR_SCALE) -> torch.Tensor:
@@ -65,7 +65,7 @@ def refine_maps(
     if tuple(maps.shape[-2:]) != tuple(image.shape[:2]):
         raise ValueError(f"maps {tuple(maps.shape[-2:])} and image {tuple(image.shape[:2])} differ in size")
     weights = colour_affinity(image, dilations, scale).to(device=maps.device)
-    offsets = [(dy, dx) for d in dilations for dy in (-d, 0, d) for dx in (-d, 0, d) if dy or dx]
+    offsets = neighbour_offsets(dilations)
     pad, (height, width) = max(dilations), maps.shape[-2:]
     out = maps.float()
     for _ in range(iterations):  # one padded copy per step; no (k, 8 * len(dilations), H, W) stack
