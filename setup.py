@@ -11,9 +11,13 @@ from setuptools import setup
 
 packages = [
     "fastwsss",
+    "fastwsss.algorithms",
+    "fastwsss.benchmarking",
     "fastwsss.data",
+    "fastwsss.engine",
     "fastwsss.models",
     "fastwsss.methods",
+    "fastwsss.reporting",
     "fastwsss.stages",
     "fastwsss.commands",
     "fastwsss.kernels",

@@ -1,4 +1,4 @@
-"""Helpers of the scripts under bench/: the shared timing and table helpers (fastwsss.benchtools) plus
+"""Helpers of the scripts under bench/: the shared timing and table helpers (fastwsss.benchmarking.benchtools) plus
 isolated cases.
 
 A benchmark module runs each case in a fresh Python process (`run_isolated`): the peak-memory reading of
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastwsss.benchtools import (  # noqa: F401  (re-exported for the bench scripts)
+from fastwsss.benchmarking.benchtools import (  # noqa: F401  (re-exported for the bench scripts)
     Timing,
     device_label,
     environment,

@@ -1,4 +1,4 @@
-"""The kernel micro-benchmarks (fastwsss.kernel_bench), writing bench/results/kernels-<device>.json.
+"""The kernel micro-benchmarks (fastwsss.benchmarking.kernel_bench), writing bench/results/kernels-<device>.json.
 
     python -m bench.kernels [--device cuda] [--repeats 30] [--only cam_norm] [--no-compile] [--dense] [--tiny]
 """
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, device_label, pick_device
-from fastwsss.kernel_bench import run_kernel_bench
+from fastwsss.benchmarking.kernel_bench import run_kernel_bench
 
 
 def main(argv: list[str] | None = None) -> int:

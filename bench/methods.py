@@ -9,7 +9,7 @@ cooccur_prob 0.5, part_context_prob 0.8 (the preset's defaults). The `cam` basel
 of that seed's CONTA run: the same stages, config and seed (CONTA round 0 is IRNet unchanged), so it is
 not trained twice; for the same reason the C2AM run starts from a copy of that round's classifier (C2AM
 fine-tunes the baseline classifier, whose settings it shares on this preset). Per run and round it reports CAM-seed, pseudo-mask and DeepLab (val, debiased) mIoU
-and the context leakage of the CAMs (fastwsss.context_metrics), then mean and spread over the seeds.
+and the context leakage of the CAMs (fastwsss.algorithms.context_metrics), then mean and spread over the seeds.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import RESULTS_DIR, write_json
 from fastwsss.cli import apply_options
 from fastwsss.config import RunConfig, get_preset, validate
-from fastwsss.rundir import CLS, RunDir
+from fastwsss.engine.rundir import CLS, RunDir
 
 BENCH_SCALE: dict[str, Any] = {
     "data.synth.num_train": 400,
@@ -44,7 +44,7 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
 
 
 def train(out: Path, seeds: list[int], rounds: int, methods: tuple[str, ...] = METHODS) -> None:
-    from fastwsss.pipeline import run_pipeline
+    from fastwsss.engine.pipeline import run_pipeline
 
     for seed in seeds:
         for method in methods:
@@ -79,7 +79,7 @@ gradient W1, W2 get (`placement` in the JSON)."""
 
 
 def ablate(out: Path, seeds: list[int], rounds: int, names: list[str]) -> None:
-    from fastwsss.pipeline import run_pipeline
+    from fastwsss.engine.pipeline import run_pipeline
 
     for seed in seeds:
         for name in names:

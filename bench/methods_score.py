@@ -11,8 +11,8 @@ import torch
 
 from bench.common import print_table
 from fastwsss.data import build_source
+from fastwsss.engine.rundir import CAMS, CLS, SEG, RunDir, open_run_dir, round_folder
 from fastwsss.models.deeplab import load_seg_model
-from fastwsss.rundir import CAMS, CLS, SEG, RunDir, open_run_dir, round_folder
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.evaluate import evaluate_cam_seeds
 from fastwsss.stages.seg import evaluate_split

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fastwsss.cam_inference import load_cam_npz
+from fastwsss.algorithms.cam_inference import load_cam_npz
 from fastwsss.data import build_source
 from fastwsss.data.base import read_label_png
 from fastwsss.data.palette import mask_to_image
-from fastwsss.rundir import open_run_dir
-from fastwsss.visual import heat_colors
+from fastwsss.engine.rundir import open_run_dir
+from fastwsss.reporting.visual import heat_colors
 
 TITLES = ("image", "CAM", "pseudo mask", "DeepLab", "ground truth")
 

@@ -103,7 +103,7 @@ def load_model(
     model: Path | None, arch: tuple[str, str, int] = RANDOM_MODEL
 ) -> tuple[torch.nn.Module | None, list[str], dict[str, Any], Path | None]:
     """(torch model or None, foreground class names, model description, ONNX file given)."""
-    from fastwsss.artifacts import final_seg_checkpoint
+    from fastwsss.engine.artifacts import final_seg_checkpoint
     from fastwsss.models.deeplab import build_seg_model, load_seg_model
 
     if model is None:
@@ -280,7 +280,7 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def make_reference_input(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    from fastwsss.cam_inference import normalize_image
+    from fastwsss.algorithms.cam_inference import normalize_image
 
     return normalize_image(image, device)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fastwsss.algorithms.metrics import ConfusionMeter
 from fastwsss.export.runtime import Segmenter
-from fastwsss.metrics import ConfusionMeter
 
 SPEEDUP_TARGET = 3.0
 MAX_MIOU_DROP = 1.0
@@ -29,8 +29,8 @@ def load_val(model: Path | None, limit: int) -> tuple[list[tuple[np.ndarray, np.
     """([(image, mask)], labels incl. background, note) of the run's val split; [] with the reason otherwise."""
     if model is None or not model.is_dir():
         return [], 0, "no run directory given (--model RUNDIR): no val mIoU"
+    from fastwsss.engine.rundir import open_run_dir
     from fastwsss.export.int8_eval import val_source
-    from fastwsss.rundir import open_run_dir
 
     source, why = val_source(open_run_dir(model).load_config())
     if source is None:

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from fastwsss.algorithms.metrics import ConfusionMeter
 from fastwsss.config import RunConfig
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.errors import FastwsssError, one_line
 from fastwsss.export.onnx import INPUT_NAME, _image_tensor
-from fastwsss.metrics import ConfusionMeter
 
 HOLDOUT_IMAGES = 100
 """Held-out training images scored when the run has no val split with masks."""
@@ -72,7 +72,7 @@ def val_source(config: RunConfig) -> tuple[SegmentationSource | None, str]:
 
 def plan_evaluation(config: RunConfig, rundir: Path, skip_ids: set[str], limit: int | None = None) -> EvalPlan:
     """Val ground truth when there is some; else held-out training images (module docstring)."""
-    from fastwsss.rundir import open_run_dir
+    from fastwsss.engine.rundir import open_run_dir
 
     source, why = val_source(config)
     if source is not None:

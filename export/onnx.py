@@ -38,8 +38,8 @@ from torch import nn
 import fastwsss
 from fastwsss.data.palette import voc_palette
 from fastwsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from fastwsss.engine.files import atomic_path
 from fastwsss.errors import CheckpointError, ConfigError, FastwsssError, one_line
-from fastwsss.io import atomic_path
 from fastwsss.models import eval_mode
 from fastwsss.models.cam_net import CAMNet
 

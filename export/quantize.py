@@ -41,9 +41,9 @@ import numpy as np
 import onnx
 
 from fastwsss.data.base import SegmentationSource
+from fastwsss.engine.files import atomic_path
 from fastwsss.errors import ConfigError, DataError, one_line
 from fastwsss.export.onnx import INPUT_NAME, _image_tensor, read_onnx_metadata, write_metadata
-from fastwsss.io import atomic_path
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_FORMAT = "QDQ"

@@ -231,7 +231,7 @@ def cpu_threads() -> int:
 
 
 def _checkpoint_sha256(rundir: Path) -> str:
-    from fastwsss.artifacts import final_seg_checkpoint
+    from fastwsss.engine.artifacts import final_seg_checkpoint
     from fastwsss.export.onnx import file_sha256
 
     return file_sha256(final_seg_checkpoint(rundir))

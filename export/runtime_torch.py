@@ -127,7 +127,7 @@ def load_torch_segmenter(
 
     `half` / `cuda_graphs` default to True on CUDA and False on the CPU.
     """
-    from fastwsss.artifacts import final_seg_checkpoint
+    from fastwsss.engine.artifacts import final_seg_checkpoint
     from fastwsss.models.deeplab import load_seg_model
 
     chosen = torch_device(device)

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 import fastwsss
+from fastwsss.engine.files import atomic_path
 from fastwsss.errors import CheckpointError, ConfigError, FastwsssError, one_line
-from fastwsss.io import atomic_path
 
 MAGIC = b"FWSSTRT1"
 HEADER_FORMAT = "fastwsss.trt_engine/1"

@@ -21,9 +21,9 @@ from fastwsss.commands.method_options import (
     stages_help,
 )
 from fastwsss.config import PRESETS, RunConfig, get_preset, parse_setting, validate
-from fastwsss.distributed import PeerStopped
+from fastwsss.engine.distributed import PeerStopped
+from fastwsss.engine.progress import console, rank_prefix
 from fastwsss.errors import ConfigError, FastwsssError, one_line
-from fastwsss.progress import console, rank_prefix
 
 app = typer.Typer(
     help="Weakly-supervised semantic segmentation: image tags in, pixel masks out.\n\n"
@@ -180,9 +180,9 @@ def train(
 
       fastwsss train --data voc --preset voc --root ... --weights ... --nproc 4   # 4 GPUs, DistributedDataParallel
     """
-    from fastwsss.distributed import launched_world, shutdown
-    from fastwsss.pipeline import preflight, run_pipeline
-    from fastwsss.rundir import RunDir
+    from fastwsss.engine.distributed import launched_world, shutdown
+    from fastwsss.engine.pipeline import preflight, run_pipeline
+    from fastwsss.engine.rundir import RunDir
     from fastwsss.stages import stages_for
 
     options = {
@@ -218,9 +218,9 @@ def train(
 
 def print_dry_run(config: RunConfig, stages: str | None) -> None:
     """The plan of `train --dry-run`, then the weights check a real run would make before its first stage."""
-    from fastwsss.dry_run import dry_run_rows, format_rows
+    from fastwsss.engine.dry_run import dry_run_rows, format_rows
+    from fastwsss.engine.weights import check_pretrained
     from fastwsss.stages import stages_for
-    from fastwsss.weights import check_pretrained
 
     console.print(f"dry run: method {config.method}, preset {config.preset}, data {config.data.name}; nothing is "
                   "trained or written", soft_wrap=True, highlight=False)
@@ -234,7 +234,7 @@ def start_processes(nproc: int, device: str | None) -> None:
     """--nproc N: nothing for 1 or inside torchrun; else check the GPUs, run N processes and exit with their code."""
     import torch
 
-    from fastwsss.distributed import launched_world
+    from fastwsss.engine.distributed import launched_world
 
     if nproc < 1:
         raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
@@ -284,8 +284,8 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def _print_metrics(rundir: Path, verbose: bool) -> None:
-    from fastwsss.rundir import open_run_dir
-    from fastwsss.summary import latest_rows, metrics_table, per_class_table
+    from fastwsss.engine.rundir import open_run_dir
+    from fastwsss.reporting.summary import latest_rows, metrics_table, per_class_table
 
     rows = open_run_dir(rundir).metrics()
     if not latest_rows(rows):
@@ -305,7 +305,7 @@ def eval_command(
     rescore: Annotated[bool, typer.Option(help="Recompute the scores from the stored outputs first")] = True,
 ) -> None:
     """Score a run's outputs (CAM seeds, ...) against the ground truth and print a table."""
-    from fastwsss.rundir import open_run_dir
+    from fastwsss.engine.rundir import open_run_dir
     from fastwsss.stages.context import StageContext, resolve_device
     from fastwsss.stages.evaluate import run_eval
 
@@ -333,8 +333,8 @@ def presets(
     section) its value comes from."""
     import json
 
-    from fastwsss.environment import flatten
-    from fastwsss.provenance import sources
+    from fastwsss.engine.environment import flatten
+    from fastwsss.engine.provenance import sources
 
     if name is None:
         for key, factory in PRESETS.items():
@@ -544,8 +544,8 @@ def bench_kernels(
 
       fastwsss bench kernels --device cuda --json bench/results/kernels-h100.json
     """
-    from fastwsss.benchtools import pick_device
-    from fastwsss.kernel_bench import CASES, TINY_CASES, run_kernel_bench
+    from fastwsss.benchmarking.benchtools import pick_device
+    from fastwsss.benchmarking.kernel_bench import CASES, TINY_CASES, run_kernel_bench
 
     ops = [o.strip() for o in only.split(",")] if only else None
     known = sorted({c.op for c in CASES + TINY_CASES})

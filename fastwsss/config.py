@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fastwsss.algorithms.thresholds import THRESHOLD_RULES
 from fastwsss.config_types import check_types
 from fastwsss.errors import ConfigError
-from fastwsss.thresholds import THRESHOLD_RULES
 
 
 @dataclass
@@ -86,7 +86,7 @@ class IRLabelConfig:
     """Confident seeds from CAMs (docs/algorithms.md section 3).
 
     `fg_rule`: "fixed" thresholds every class map at `fg_threshold` (IRNet); "otsu" at its own Otsu level,
-    never below `fg_threshold` (fastwsss.thresholds; no masks involved).
+    never below `fg_threshold` (fastwsss.algorithms.thresholds; no masks involved).
     """
 
     fg_threshold: float = 0.30
@@ -142,7 +142,7 @@ class PseudoConfig:
     """"fixed": one background level `bg_threshold` against the walked maps divided by their global
     maximum (IRNet); "otsu": each walked map's own Otsu level, never below `bg_threshold`."""
     refine_iterations: int = 0
-    """Colour-affinity averages of the walked maps before the background level (fastwsss.colour_refine);
+    """Colour-affinity averages of the walked maps before the background level (fastwsss.algorithms.colour_refine);
     0 = none (IRNet)."""
     refine_dilations: tuple[int, ...] = (1, 2, 4, 8)
     """Pixel distances of the 8 neighbours each refinement step averages over."""
@@ -185,7 +185,7 @@ class SegConfig:
     released code offers it as a separate, optional step."""
     refine_iterations: int = 0
     """Test-time colour refinement of the softmax before the argmax, for the same predictions as `crf`
-    (fastwsss.colour_refine, its default neighbour distances): a CRF-like step with no extra dependency.
+    (fastwsss.algorithms.colour_refine, its default neighbour distances): a CRF-like step with no extra dependency.
     0 = none. The exported model and `fastwsss segment` give the unrefined output."""
     msc_scales: tuple[float, ...] = ()
     """DeepLab's MSC: extra input scales (0.5, 0.75); training sums the loss of every scale and of their max,
@@ -332,10 +332,10 @@ def preset_synthetic() -> RunConfig:
 
     Changes from IRNet's values, each measured in docs/default-job.md and none chosen on masks: output
     stride 8 (a 12x12 CAM grid on 96-pixel images instead of 6x6); Otsu levels for the IR-label foreground
-    and the pseudo-mask background, never below IRNet's 0.30 / 0.25 (fastwsss.thresholds: on this set the
+    and the pseudo-mask background, never below IRNet's 0.30 / 0.25 (fastwsss.algorithms.thresholds: on this set the
     CAMs spread over the scene around each object, and a fixed VOC level marks that scene as the object); a
     walk of 2^4 steps, IRNet's 2^8 scaled by the area of the stride-4 grid (24x24 here against about 94x125
-    on VOC); 10 colour-affinity steps on the walked maps (fastwsss.colour_refine: the boundary net does not
+    on VOC); 10 colour-affinity steps on the walked maps (fastwsss.algorithms.colour_refine: the boundary net does not
     find the objects' borders, the colours do), and the same 10 steps on DeepLab's softmax at test time (the
     place of DeepLab's dense CRF); and DeepLab started from the run's own classifier.
     """

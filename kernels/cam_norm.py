@@ -4,7 +4,7 @@ Two ops live here, both dispatched by `kernel_backend`:
 
 * `cam_norm` (op "cam_norm"): relu(cams) / (max_{h,w} relu(cams) + eps) per (image, class).
 * `cam_norm_seeds` (op "cam_norm_seeds"): the same normalisation fused with the seed argmax of
-  `fastwsss.cam_inference.cam_seed_mask`: a constant background plane (= bg_threshold) in front of the K
+  `fastwsss.algorithms.cam_inference.cam_seed_mask`: a constant background plane (= bg_threshold) in front of the K
   class planes, argmax over the K + 1 planes with ties to the lower plane (a pixel exactly at the
   threshold is background); label 0 is background and k + 1 is class plane k. The normalised maps are
   never written to memory.

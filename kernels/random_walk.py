@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from fastwsss.affinity import (
+from fastwsss.algorithms.affinity import (
     half_disc_directions,
     pair_indices,
     pair_valid_mask,

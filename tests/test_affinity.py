@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastwsss.affinity import (
+from fastwsss.algorithms.affinity import (
     half_disc_directions,
     pair_indices,
     pair_valid_mask,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastwsss.cam_inference import (
+from fastwsss.algorithms.cam_inference import (
     CamResult,
     cam_seed_mask,
     load_cam_npz,

@@ -1,4 +1,4 @@
-"""Colour-affinity refinement (fastwsss.colour_refine) against a pixel-by-pixel numpy reference, its effect
+"""Colour-affinity refinement (fastwsss.algorithms.colour_refine) against a pixel-by-pixel numpy reference, its effect
 at a colour edge, and its use in the pseudo stage (`pseudo.refine_iterations`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastwsss.colour_refine import refine_maps
+from fastwsss.algorithms.colour_refine import refine_maps
 from fastwsss.config import get_preset, validate
 from fastwsss.errors import ConfigError
 from fastwsss.stages.pseudo import walk_to_mask

@@ -43,8 +43,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastwsss.cam_inference import load_cam_npz
-from fastwsss.rundir import open_run_dir
+from fastwsss.algorithms.cam_inference import load_cam_npz
+from fastwsss.engine.rundir import open_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -176,7 +176,7 @@ def _processes_of(out: Path) -> list[int]:
 def _kill_when(proc: subprocess.Popen, ready, what: str, out: Path) -> None:  # noqa: ANN001
     """SIGKILL the launcher's process group as soon as `ready()` is true, as a dying machine would, and
     check that the workers die with it: torchrun puts each worker in a session of its own, out of reach
-    of the group's signal, so they go only because fastwsss.distributed.die_with_launcher asked the kernel."""
+    of the group's signal, so they go only because fastwsss.engine.distributed.die_with_launcher asked the kernel."""
     deadline = time.monotonic() + TIMEOUT_S
     while not ready():
         assert proc.poll() is None, f"the run ended before the kill point ({what}): {proc.stderr.read()[-2000:]}"

@@ -1,4 +1,4 @@
-"""fastwsss.distributed in a real 2-process gloo group (two child processes of this test, on the CPU).
+"""fastwsss.engine.distributed in a real 2-process gloo group (two child processes of this test, on the CPU).
 
 The end-to-end runs of test_distributed.py show that 2 processes give the single-process results; these
 tests show *why*, piece by piece, and that the work really is divided:
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastwsss import distributed
+from fastwsss.engine import distributed
 from fastwsss.errors import ConfigError
 from fastwsss.stages.seg import seg_loss
 
@@ -30,9 +30,9 @@ WORKER = r"""
 import json, sys
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from fastwsss import distributed
+from fastwsss.engine import distributed
 from fastwsss.errors import ConfigError
-from fastwsss.distributed import local_mean
+from fastwsss.engine.distributed import local_mean
 from fastwsss.stages.seg import seg_loss
 
 out = sys.argv[1]

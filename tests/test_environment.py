@@ -12,8 +12,8 @@ from test_pipeline import small_config
 from typer.testing import CliRunner
 
 from fastwsss.cli import app
-from fastwsss.environment import data_fingerprint, environment_differences, environment_record, git_commit
-from fastwsss.pipeline import run_pipeline
+from fastwsss.engine.environment import data_fingerprint, environment_differences, environment_record, git_commit
+from fastwsss.engine.pipeline import run_pipeline
 
 runner = CliRunner()
 

@@ -20,18 +20,18 @@ import pytest
 from small_runs import fast_config
 from typer.testing import CliRunner
 
+from fastwsss.algorithms.metrics import ConfusionMeter
 from fastwsss.cli import app
 from fastwsss.commands.export import INT8_ONNX, MANIFEST, check_options, export_command
 from fastwsss.data import build_source
 from fastwsss.data.synthetic import generate_synthetic
+from fastwsss.engine.pipeline import run_pipeline
+from fastwsss.engine.progress import console
+from fastwsss.engine.rundir import RunDir
 from fastwsss.errors import ConfigError
 from fastwsss.export.int8_eval import MAX_MIOU_DROP, MIN_AGREEMENT_PCT
 from fastwsss.export.onnx import _image_tensor, read_onnx_metadata
 from fastwsss.export.quantize import METHODS, load_calibration_images, qdq_counts
-from fastwsss.metrics import ConfusionMeter
-from fastwsss.pipeline import run_pipeline
-from fastwsss.progress import console
-from fastwsss.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 CALIB = 8

@@ -22,6 +22,7 @@ from fastwsss.data.base import read_rgb
 from fastwsss.data.palette import voc_palette
 from fastwsss.data.synthetic import class_names as synthetic_class_names
 from fastwsss.data.transforms import normalize
+from fastwsss.engine.rundir import RunDir
 from fastwsss.errors import CheckpointError, ConfigError, FastwsssError, RunDirError
 from fastwsss.export.onnx import (
     CAM_EPS,
@@ -35,7 +36,6 @@ from fastwsss.export.onnx import (
 )
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
 from fastwsss.models.deeplab import build_seg_model, save_seg_checkpoint
-from fastwsss.rundir import RunDir
 
 NUM_LABELS = 10  # background + 9
 EXPORT_HW = (64, 64)

@@ -18,8 +18,8 @@ from fastwsss.cli import app
 from fastwsss.config import get_preset
 from fastwsss.data.base import check_image_id
 from fastwsss.data.voc import read_cls_labels
+from fastwsss.engine.rundir import id_file
 from fastwsss.errors import DataError
-from fastwsss.rundir import id_file
 
 VOC_SPLITS = ["--set", "data.val_split=train", "--set", "data.cam_split=train", "--set", "data.test_splits="]
 QUICK = ["--preset", "tiny", "--set", "cls.epochs=1", "--set", "cls.batch_size=4", "--set", "cam.scales=1.0"]

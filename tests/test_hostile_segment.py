@@ -14,9 +14,9 @@ from test_hostile_input import cli, one_error_line
 from test_segment_command import NAMES, picture
 
 from fastwsss.config import get_preset
+from fastwsss.engine.rundir import RunDir
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
 from fastwsss.models.deeplab import build_seg_model, save_seg_checkpoint
-from fastwsss.rundir import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from fastwsss.affinity import half_disc_directions
+from fastwsss.algorithms.affinity import half_disc_directions
+from fastwsss.algorithms.irn_pairs import PairMasks, affinity_loss, downsample_labels, pair_masks
 from fastwsss.config import IRNConfig, RunConfig, SynthConfig, get_preset
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.data.synthetic import SyntheticSource, ensure_synthetic
+from fastwsss.engine.files import read_jsonl
+from fastwsss.engine.rundir import create_or_resume
 from fastwsss.errors import CheckpointError, FastwsssError
-from fastwsss.io import read_jsonl
-from fastwsss.irn_pairs import PairMasks, affinity_loss, downsample_labels, pair_masks
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
 from fastwsss.models.irn import BoundaryNet, load_irn, save_irn_checkpoint
-from fastwsss.rundir import create_or_resume
 from fastwsss.stages import irn as irn_stage
 from fastwsss.stages.context import StageContext
 

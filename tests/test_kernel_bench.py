@@ -8,9 +8,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import fastwsss.kernel_bench as kb
+import fastwsss.benchmarking.kernel_bench as kb
+from fastwsss.benchmarking.kernel_bench import (
+    Case,
+    _attention_case,
+    _cam_norm_case,
+    _walk_case,
+    bytes_touched,
+    run_case,
+)
 from fastwsss.cli import app
-from fastwsss.kernel_bench import Case, _attention_case, _cam_norm_case, _walk_case, bytes_touched, run_case
 
 
 def test_cpu_rows_time_eager_only_and_report_rates() -> None:

@@ -43,12 +43,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from fastwsss.cam_inference import load_cam_npz
+from fastwsss.algorithms.cam_inference import load_cam_npz
 from fastwsss.cli import app
 from fastwsss.config import RunConfig, SynthConfig, get_preset
+from fastwsss.engine.pipeline import run_pipeline
+from fastwsss.engine.rundir import open_run_dir
 from fastwsss.errors import RunDirError
-from fastwsss.pipeline import run_pipeline
-from fastwsss.rundir import open_run_dir
 from fastwsss.stages.cam import FOLDER as CAM_FOLDER
 from fastwsss.stages.irn import FOLDER as IRN_FOLDER
 from fastwsss.stages.irn import IR_LABEL_FOLDER
@@ -89,7 +89,7 @@ import json, os, sys, time
 import torch
 torch.set_num_threads(1)
 from fastwsss.config import config_from_dict
-from fastwsss.pipeline import run_pipeline
+from fastwsss.engine.pipeline import run_pipeline
 
 args = json.loads(sys.argv[1])
 progress = open(args["progress"], "a", buffering=1)
@@ -227,7 +227,7 @@ def kill_after(child: Child, phase: str, at: int, delay: float) -> None:
 
 
 def temporaries(folder: Path) -> list[str]:
-    """Leftovers of fastwsss.io.atomic_path (".<name>.tmp<pid>") anywhere under `folder`."""
+    """Leftovers of fastwsss.engine.files.atomic_path (".<name>.tmp<pid>") anywhere under `folder`."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*.tmp*"))
 
 

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from fastwsss.cli import app
 from fastwsss.data.base import read_label_png
 from fastwsss.data.palette import save_mask_png
+from fastwsss.engine.pipeline import run_pipeline
+from fastwsss.engine.rundir import open_run_dir
 from fastwsss.methods.conta import ConfounderAttention, MaskTable
 from fastwsss.models.cam_net import load_cam_net
-from fastwsss.pipeline import run_pipeline
-from fastwsss.rundir import open_run_dir
 from fastwsss.stages import plan
 from fastwsss.stages.confounder import load_confounders, run_confounder
 from fastwsss.stages.context import StageContext

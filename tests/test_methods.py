@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastwsss.algorithms.context_metrics import ContextLeakageMeter
 from fastwsss.config import get_preset
-from fastwsss.context_metrics import ContextLeakageMeter
 from fastwsss.kernels.confounder_attention import confounder_attention_reference
 from fastwsss.methods.c2am import GlobalCamAccumulator, c2am_loss, logit_constants, resize_to_global, scaled_logits
 from fastwsss.methods.conta import (

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from fastwsss.cli import app
 from fastwsss.config import PRESETS, config_from_dict, get_preset, validate
+from fastwsss.engine.rundir import open_run_dir
 from fastwsss.errors import ConfigError
 from fastwsss.methods import METHODS, Method, ReportSection, get_method, register_method, unregister_method
-from fastwsss.rundir import open_run_dir
 from fastwsss.stages import BASELINE, Stage, all_stages, get_stage, plan
 from fastwsss.stages.context import StageContext
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fastwsss.metrics import ConfusionMeter, confusion_matrix, iou_per_class, mean_iou
+from fastwsss.algorithms.metrics import ConfusionMeter, confusion_matrix, iou_per_class, mean_iou
 
 
 def test_confusion_matrix_by_hand():

@@ -14,11 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fastwsss.cam_inference import load_cam_npz
+from fastwsss.algorithms.cam_inference import load_cam_npz
 from fastwsss.cli import app
 from fastwsss.config import SynthConfig, get_preset
 from fastwsss.data.synthetic import ensure_synthetic
-from fastwsss.pipeline import run_pipeline
+from fastwsss.engine.pipeline import run_pipeline
 
 runner = CliRunner()
 

@@ -13,8 +13,8 @@ from PIL import Image
 from small_runs import fast_config
 
 import fastwsss.stages.pseudo as pseudo_stage
-from fastwsss.cam_inference import load_cam_npz
-from fastwsss.pipeline import run_pipeline
+from fastwsss.algorithms.cam_inference import load_cam_npz
+from fastwsss.engine.pipeline import run_pipeline
 
 
 def test_cpu_walks_one_image_per_call() -> None:
@@ -23,7 +23,7 @@ def test_cpu_walks_one_image_per_call() -> None:
 
 
 def test_boundaries_of_same_size_images_go_through_the_irn_together() -> None:
-    from fastwsss.cam_inference import normalize_image
+    from fastwsss.algorithms.cam_inference import normalize_image
     from fastwsss.models.irn import BoundaryNet
 
     torch.manual_seed(0)

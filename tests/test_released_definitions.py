@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from fastwsss.affinity import half_disc_directions
+from fastwsss.algorithms.affinity import half_disc_directions
+from fastwsss.algorithms.irn_pairs import downsample_labels, pair_masks
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.data.synthetic import SyntheticSource, generate_synthetic
-from fastwsss.irn_pairs import downsample_labels, pair_masks
 from fastwsss.models.cam_net import CAMNet
 from fastwsss.models.deeplab import build_seg_model
 from fastwsss.models.irn import BoundaryNet, grid_size
@@ -187,7 +187,7 @@ def test_scale_set_and_scale_range_draw_relative_long_sides(tmp_path) -> None:
 
 
 def test_deeplab_test_time_crf_follows_confident_probabilities() -> None:
-    from fastwsss.crf import crf_available, crf_refine_probs
+    from fastwsss.algorithms.crf import crf_available, crf_refine_probs
 
     if not crf_available():
         pytest.skip("pydensecrf2 is not installed (pip install 'fastwsss[crf]')")

@@ -17,18 +17,18 @@ import pytest
 from PIL import Image
 from small_runs import fast_config
 
-from fastwsss.cam_inference import CamResult, save_cam_npz, stride4_size
+from fastwsss.algorithms.cam_inference import CamResult, save_cam_npz, stride4_size
 from fastwsss.commands.report import report_command
 from fastwsss.config import SynthConfig, get_preset
 from fastwsss.data import build_source
 from fastwsss.data.palette import save_mask_png
+from fastwsss.engine.files import append_jsonl
+from fastwsss.engine.pipeline import run_pipeline
+from fastwsss.engine.rundir import RunDir
 from fastwsss.errors import ConfigError, RunDirError
-from fastwsss.io import append_jsonl
-from fastwsss.pipeline import run_pipeline
-from fastwsss.report import THUMB, write_report
-from fastwsss.report_charts import bar_chart, line_chart, nice_ticks
-from fastwsss.rundir import RunDir
-from fastwsss.visual import heatmap_sheet
+from fastwsss.reporting.charts import bar_chart, line_chart, nice_ticks
+from fastwsss.reporting.report import THUMB, write_report
+from fastwsss.reporting.visual import heatmap_sheet
 
 VOID = {"meta", "img", "br", "hr", "input", "link"}
 

@@ -4,9 +4,9 @@ import os
 import pytest
 
 from fastwsss.config import get_preset
+from fastwsss.engine.files import atomic_path, read_jsonl
+from fastwsss.engine.rundir import RunDir, create_or_resume, open_run_dir
 from fastwsss.errors import DataError, RunDirError
-from fastwsss.io import atomic_path, read_jsonl
-from fastwsss.rundir import RunDir, create_or_resume, open_run_dir
 
 
 def test_existing_run_needs_resume(tmp_path):

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from fastwsss.config import get_preset
+from fastwsss.engine.rundir import RunDir
 from fastwsss.errors import ConfigError, FastwsssError
 from fastwsss.export.onnx import build_metadata, export_seg_onnx
 from fastwsss.export.runtime import OnnxRuntimeSegmenter, TorchSegmenter, argmax_labels, load_segmenter
 from fastwsss.export.tensorrt import tensorrt_unavailable_reason
 from fastwsss.models.deeplab import build_seg_model, save_seg_checkpoint
-from fastwsss.rundir import RunDir
 
 NAMES = [f"thing{i}" for i in range(1, 10)]
 

@@ -14,9 +14,9 @@ from PIL import Image
 
 from fastwsss.config import RunConfig, SegConfig, SynthConfig, get_preset
 from fastwsss.data import build_source
+from fastwsss.engine.rundir import RunDir, create_or_resume
 from fastwsss.errors import FastwsssError
 from fastwsss.models.deeplab import load_seg_model
-from fastwsss.rundir import RunDir, create_or_resume
 from fastwsss.stages import seg as seg_stage
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.seg import PseudoMaskSource, ScaledSegmentationDataset, predict_mask, run_seg

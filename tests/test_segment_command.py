@@ -17,11 +17,11 @@ from PIL import Image
 
 from fastwsss.commands.segment import MAX_PIXELS, collect_inputs, plan_outputs, segment_command
 from fastwsss.config import get_preset
+from fastwsss.engine.rundir import RunDir
 from fastwsss.errors import ConfigError, DataError
 from fastwsss.export.onnx import build_metadata, export_seg_onnx
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
 from fastwsss.models.deeplab import build_seg_model, save_seg_checkpoint
-from fastwsss.rundir import RunDir
 
 NAMES = [f"thing{i}" for i in range(1, 10)]
 GOOD = ["rgb.jpg", "cmyk.jpg", "gray.png", "rgba.png", "deep16.png", "rotated.jpg", "sub/nested.png"]

@@ -17,11 +17,11 @@ from test_runtime import NAMES, export_onnx, images, make_run_dir
 from bench.serving import parse_sizes
 from bench.serving_quality import add_speedups, targets
 from fastwsss.commands.segment import segment_command
+from fastwsss.engine.progress import console
 from fastwsss.errors import ConfigError
 from fastwsss.export.quantize import CalibrationSet, quantize_seg_onnx
 from fastwsss.export.runtime import OnnxRuntimeSegmenter, Segmenter, cpu_threads, load_segmenter, physical_cores
 from fastwsss.models.deeplab import save_seg_checkpoint
-from fastwsss.progress import console
 
 
 @pytest.fixture(scope="module")

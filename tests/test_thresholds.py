@@ -1,4 +1,4 @@
-"""Otsu thresholds and per-class seed masks (fastwsss.thresholds) and their use in the IR-label and pseudo stages."""
+"""Otsu thresholds and per-class seed masks (fastwsss.algorithms.thresholds) and their use in the IR-label and pseudo stages."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastwsss.cam_inference import cam_seed_mask
+from fastwsss.algorithms.cam_inference import cam_seed_mask
+from fastwsss.algorithms.thresholds import class_thresholds, otsu_threshold, seed_mask
 from fastwsss.stages.ir_label import ir_label_from_cams
 from fastwsss.stages.pseudo import walk_to_mask
-from fastwsss.thresholds import class_thresholds, otsu_threshold, seed_mask
 
 
 @pytest.mark.parametrize(("low", "high"), [(0.05, 0.8), (0.2, 0.6), (0.0, 0.35)])

@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 from fastwsss.cli import app
 from fastwsss.config import RunConfig, get_preset
-from fastwsss.environment import flatten
+from fastwsss.engine.environment import flatten
+from fastwsss.engine.provenance import sources
+from fastwsss.engine.rundir import RunDir
+from fastwsss.engine.training import TrainJob, poly_lr, run_epochs
+from fastwsss.engine.weights import check_pretrained, weights_record
 from fastwsss.errors import ConfigError
-from fastwsss.provenance import sources
-from fastwsss.rundir import RunDir
 from fastwsss.stages.context import StageContext
-from fastwsss.training import TrainJob, poly_lr, run_epochs
-from fastwsss.weights import check_pretrained, weights_record
 
 runner = CliRunner()
 OWN_SETTINGS = {"preset", "method", "seed", "device", "data.name", "data.num_workers", "irn.resize_long"}

@@ -21,8 +21,8 @@ from PIL import Image
 from torchvision.models import resnet50, resnet101
 from typer.testing import CliRunner
 
+from fastwsss.algorithms.crf import crf_available
 from fastwsss.cli import app
-from fastwsss.crf import crf_available
 
 runner = CliRunner()
 LONG_SIDE = 64

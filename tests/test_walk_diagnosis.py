@@ -11,8 +11,8 @@ from small_runs import fast_config
 from typer.testing import CliRunner
 
 from fastwsss.cli import app
-from fastwsss.pipeline import run_pipeline
-from fastwsss.walk_diagnosis import label_borders, to_grid
+from fastwsss.engine.pipeline import run_pipeline
+from fastwsss.reporting.walk_diagnosis import label_borders, to_grid
 
 runner = CliRunner()
 

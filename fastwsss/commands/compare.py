@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fastwsss.environment import environment_differences, nested_differences
+from fastwsss.engine.environment import environment_differences, nested_differences
+from fastwsss.engine.progress import console
+from fastwsss.engine.rundir import open_run_dir
 from fastwsss.errors import ConfigError
-from fastwsss.progress import console
-from fastwsss.rundir import open_run_dir
-from fastwsss.summary import compare_table
+from fastwsss.reporting.summary import compare_table
 
 
 def environment_note(first: Path, other: Path) -> str | None:

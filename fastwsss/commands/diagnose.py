@@ -1,4 +1,4 @@
-"""`fastwsss diagnose RUNDIR`: where the boundary net and the random walk gain or lose mIoU (fastwsss.walk_diagnosis)."""
+"""`fastwsss diagnose RUNDIR`: where the boundary net and the random walk gain or lose mIoU (fastwsss.reporting.walk_diagnosis)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from fastwsss.engine.files import write_json
+from fastwsss.engine.progress import console
 from fastwsss.errors import ConfigError
-from fastwsss.io import write_json
-from fastwsss.progress import console
-from fastwsss.summary import percent
+from fastwsss.reporting.summary import percent
 
 
 def diagnose_command(rundir: Path, images: int, device: str, json_path: Path | None) -> dict[str, Any]:
     """Run the walk diagnosis, print two tables, write the JSON where asked; returns the result."""
-    from fastwsss.walk_diagnosis import diagnose_walk
+    from fastwsss.reporting.walk_diagnosis import diagnose_walk
 
     if images < 1:
         raise ConfigError(f"--images: must be >= 1, got {images}")

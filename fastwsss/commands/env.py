@@ -8,10 +8,10 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from fastwsss.environment import environment_differences, flatten
+from fastwsss.engine.environment import environment_differences, flatten
+from fastwsss.engine.progress import console
+from fastwsss.engine.rundir import open_run_dir
 from fastwsss.errors import RunDirError
-from fastwsss.progress import console
-from fastwsss.rundir import open_run_dir
 
 
 def latest_environment(rundir: Path) -> dict[str, Any]:

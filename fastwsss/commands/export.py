@@ -38,18 +38,18 @@ from PIL import Image
 from rich.markup import escape
 from rich.table import Table
 
-from fastwsss.artifacts import final_classifier_checkpoint, final_seg_checkpoint
 from fastwsss.config import RunConfig
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource
+from fastwsss.engine.artifacts import final_classifier_checkpoint, final_seg_checkpoint
+from fastwsss.engine.files import write_json
+from fastwsss.engine.progress import console
+from fastwsss.engine.rundir import open_run_dir
 from fastwsss.errors import ConfigError, DataError, RunDirError, one_line
 from fastwsss.export.int8_eval import val_source
 from fastwsss.export.onnx import build_metadata, export_cam_onnx, export_seg_onnx, parity_report
 from fastwsss.export.runtime_openvino import openvino_unavailable_reason
 from fastwsss.export.tensorrt import Profile, build_engine, build_plan, tensorrt_unavailable_reason
-from fastwsss.io import write_json
-from fastwsss.progress import console
-from fastwsss.rundir import open_run_dir
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "fastwsss.export/1"

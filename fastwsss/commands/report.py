@@ -6,9 +6,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from fastwsss.engine.progress import console
 from fastwsss.errors import ConfigError
-from fastwsss.progress import console
-from fastwsss.report import write_report
+from fastwsss.reporting.report import write_report
 
 
 def report_command(rundir: Path, sample: int, out: Path | None) -> Path:

@@ -34,7 +34,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from rich.markup import escape
 
-from fastwsss.benchtools import percentile
+from fastwsss.benchmarking.benchtools import percentile
 from fastwsss.commands.segment_inputs import (
     IMAGE_SUFFIXES,
     Item,
@@ -45,13 +45,13 @@ from fastwsss.commands.segment_inputs import (
 )
 from fastwsss.commands.segment_memory import bytes_per_pixel, default_budget, image_size, plan_batches
 from fastwsss.data.palette import save_mask_png, voc_palette
-from fastwsss.distributed import all_gather, init_from_env, is_main, launched_world, shard, shutdown, world
+from fastwsss.engine.distributed import all_gather, init_from_env, is_main, launched_world, shard, shutdown, world
+from fastwsss.engine.files import atomic_path
+from fastwsss.engine.progress import console, make_progress
 from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
 from fastwsss.export.runtime import Segmenter, load_segmenter, torch_device
-from fastwsss.io import atomic_path
 from fastwsss.models.cam_net import CAMNet, load_cam_net
-from fastwsss.progress import console, make_progress
-from fastwsss.visual import heat_colors
+from fastwsss.reporting.visual import heat_colors
 
 MAX_PIXELS = 50_000_000
 """Larger images are refused before decoding: 50 MP of float32 activations would exhaust most machines."""
@@ -168,8 +168,8 @@ class CamModel:
 
 def load_cam_model(model: Path, device: torch.device, num_foreground: int) -> CamModel:
     """The classifier of run directory `model`; a FastwsssError saying why there is none otherwise."""
-    from fastwsss.artifacts import final_classifier_checkpoint
-    from fastwsss.rundir import open_run_dir
+    from fastwsss.engine.artifacts import final_classifier_checkpoint
+    from fastwsss.engine.rundir import open_run_dir
 
     if not model.is_dir():
         raise FastwsssError(f"{model} is a model file; CAMs need a run directory with a trained classifier")
@@ -187,7 +187,7 @@ def load_cam_model(model: Path, device: torch.device, num_foreground: int) -> Ca
 
 def cam_maps(cam: CamModel, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """CAMs (k, H, W) of the classes in `mask`, or of the classifier's top class when it has none."""
-    from fastwsss.cam_inference import multiscale_cam, normalize_image
+    from fastwsss.algorithms.cam_inference import multiscale_cam, normalize_image
 
     labels = np.zeros(cam.net.num_classes, dtype=np.float32)
     present = [int(c) - 1 for c in np.unique(mask) if 1 <= c <= cam.net.num_classes]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from fastwsss.engine.progress import console
 from fastwsss.errors import ConfigError, DataError
-from fastwsss.progress import console
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 

@@ -30,8 +30,8 @@ import numpy as np
 from fastwsss.data.base import check_image_id, read_id_list
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.data.voc import ClsLabelsSource
+from fastwsss.engine.files import atomic_path
 from fastwsss.errors import ConfigError, DataError, one_line
-from fastwsss.io import atomic_path
 
 COCO_CLASSES: list[str] = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",

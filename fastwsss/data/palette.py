@@ -43,7 +43,7 @@ def mask_to_image(mask: np.ndarray, palette: np.ndarray | None = None) -> Image.
 
 def save_mask_png(mask: np.ndarray, path: str | Path, palette: np.ndarray | None = None) -> None:
     """Write a palette PNG atomically (temporary name, then rename)."""
-    from fastwsss.io import atomic_path
+    from fastwsss.engine.files import atomic_path
 
     with atomic_path(path) as tmp:
         mask_to_image(mask, palette).save(tmp, format="PNG")

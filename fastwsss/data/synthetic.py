@@ -30,8 +30,8 @@ from fastwsss.data.base import SegmentationSource, read_id_list, read_label_png
 from fastwsss.data.palette import mask_to_image
 from fastwsss.data.synthetic_draw import CLASSES, SCENES
 from fastwsss.data.synthetic_render import render_image
+from fastwsss.engine.files import atomic_path, read_jsonl, write_json
 from fastwsss.errors import ConfigError, DataError
-from fastwsss.io import atomic_path, read_jsonl, write_json
 
 GENERATOR_VERSION = 1
 SPLITS: dict[str, tuple[str, int]] = {"train": ("train", 0), "val": ("val", 1), "debiased": ("deb", 2)}

@@ -64,7 +64,7 @@ class ReportSection:
     key: str
     title: str
     build: Callable[[Any], str]
-    """RunInfo (fastwsss.report) -> the section's HTML."""
+    """RunInfo (fastwsss.reporting.report) -> the section's HTML."""
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from fastwsss.config import MAX_BATCH, MAX_EPOCHS, MAX_SIDE, RunConfig
+from fastwsss.engine.rundir import C2AM, GLOBAL_CAM
 from fastwsss.methods.base import Method, Need, ReportSection
-from fastwsss.rundir import C2AM, GLOBAL_CAM
 from fastwsss.stages import Stage, lazy
 
 
@@ -121,7 +121,7 @@ def _check(config: RunConfig, need: Need) -> None:
 
 
 def _sources(preset: str) -> dict[str, str]:
-    from fastwsss.provenance import C2AM_SOURCES
+    from fastwsss.engine.provenance import C2AM_SOURCES
 
     return {k: v for k, v in C2AM_SOURCES.items() if preset == "voc" or k.startswith("c2am.")}
 
@@ -141,5 +141,5 @@ METHOD = Method(
     check=_check,
     sources=_sources,
     classifier_stage=C2AM,
-    report_sections=(ReportSection("c2am", "C2AM global CAM", lazy("fastwsss.report_methods", "global_cam_section")),),
+    report_sections=(ReportSection("c2am", "C2AM global CAM", lazy("fastwsss.reporting.method_sections", "global_cam_section")),),
 )

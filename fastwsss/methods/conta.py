@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastwsss.config import RunConfig
+from fastwsss.engine.files import atomic_path
+from fastwsss.engine.rundir import CONFOUNDER
 from fastwsss.errors import CheckpointError
-from fastwsss.io import atomic_path
 from fastwsss.kernels.confounder_attention import confounder_attention
 from fastwsss.methods.base import ClassifierInput, ExtraMap, Method, Need, ReportSection
 from fastwsss.models.cam_net import CAMNet
-from fastwsss.rundir import CONFOUNDER
 from fastwsss.stages import BASELINE, Stage, lazy
 from fastwsss.stages.context import StageContext
 
@@ -165,7 +165,7 @@ def _check(config: RunConfig, need: Need) -> None:
 
 
 def _sources(preset: str) -> dict[str, str]:
-    from fastwsss.provenance import CONTA_SOURCES
+    from fastwsss.engine.provenance import CONTA_SOURCES
 
     return dict(CONTA_SOURCES)
 
@@ -200,5 +200,5 @@ METHOD = Method(
     first_round_skips=("confounder",),
     classifier_input=_classifier_input,
     cam_input=_cam_input,
-    report_sections=(ReportSection("conta", "CONTA rounds", lazy("fastwsss.report_methods", "rounds_section")),),
+    report_sections=(ReportSection("conta", "CONTA rounds", lazy("fastwsss.reporting.method_sections", "rounds_section")),),
 )

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from fastwsss.engine.files import atomic_path
 from fastwsss.errors import CheckpointError, ConfigError, RunDirError, one_line
-from fastwsss.io import atomic_path
 
 T = TypeVar("T")
 

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastwsss.errors import ConfigError
-from fastwsss.rundir import (
+from fastwsss.engine.rundir import (
     CAMS,
     CLS,
     IR_LABELS,
@@ -21,6 +20,7 @@ from fastwsss.rundir import (
     SEG,
     round_folder,  # noqa: F401  (re-exported: where a round lives)
 )
+from fastwsss.errors import ConfigError
 from fastwsss.stages.context import StageContext
 
 if TYPE_CHECKING:

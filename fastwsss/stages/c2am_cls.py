@@ -17,14 +17,14 @@ import torch
 
 from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
-from fastwsss.distributed import is_main
+from fastwsss.engine.distributed import is_main
+from fastwsss.engine.rundir import C2AM, CLS
+from fastwsss.engine.training import TrainJob, run_epochs
 from fastwsss.methods.c2am import c2am_loss, logit_constants
 from fastwsss.models.cam_net import CAMNet, load_cam_net, save_checkpoint
-from fastwsss.rundir import C2AM, CLS
 from fastwsss.stages.cls import make_optimizer, with_multipliers
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.global_cam import load_global_cam
-from fastwsss.training import TrainJob, run_epochs
 
 STAGE = FOLDER = C2AM
 

@@ -10,13 +10,13 @@ count is reported.
 
 from __future__ import annotations
 
-from fastwsss.cam_inference import multiscale_cam, save_cam_npz
+from fastwsss.algorithms.cam_inference import multiscale_cam, save_cam_npz
 from fastwsss.data import build_source
+from fastwsss.engine.progress import track, warn
+from fastwsss.engine.rundir import CAMS
 from fastwsss.errors import DataError
 from fastwsss.methods import ExtraMap, get_method
 from fastwsss.models.cam_net import load_cam_net
-from fastwsss.progress import track, warn
-from fastwsss.rundir import CAMS
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import finish_images, images_to_do
 

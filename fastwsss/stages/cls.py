@@ -1,7 +1,7 @@
 """Stage `cls`: train the CAM classifier (docs/algorithms.md section 2).
 
 Multilabel soft-margin loss, SGD with poly lr (head lr x head_lr_mult), a resumable checkpoint after every
-epoch (RUNDIR/cls/last.pt, see fastwsss.training) and the final model in RUNDIR/cls/ckpt.pt.
+epoch (RUNDIR/cls/last.pt, see fastwsss.engine.training) and the final model in RUNDIR/cls/ckpt.pt.
 
 A method may give the classifier an extra input map (`Method.classifier_input`; CONTA's M_t in rounds
 t >= 1): the CAMNet then has its extra channels, the method wraps it in the model that is trained and
@@ -19,13 +19,13 @@ from torch import nn
 
 from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
-from fastwsss.distributed import is_main
+from fastwsss.engine.distributed import is_main
+from fastwsss.engine.rundir import CLS
+from fastwsss.engine.training import TrainJob, run_epochs
+from fastwsss.engine.weights import weights_record
 from fastwsss.methods import ClassifierInput, get_method
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
-from fastwsss.rundir import CLS
 from fastwsss.stages.context import StageContext
-from fastwsss.training import TrainJob, run_epochs
-from fastwsss.weights import weights_record
 
 STAGE = FOLDER = CLS
 

@@ -20,9 +20,11 @@ from torch import nn
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import save_mask_png
-from fastwsss.distributed import barrier, on_main, shard
+from fastwsss.engine.distributed import barrier, on_main, shard
+from fastwsss.engine.files import atomic_path
+from fastwsss.engine.progress import log, track, warn
+from fastwsss.engine.rundir import CONFOUNDER, SEG, RunDir, id_file
 from fastwsss.errors import CheckpointError, DataError
-from fastwsss.io import atomic_path
 from fastwsss.methods.conta import (
     ConfounderAttention,
     ConfounderSetBuilder,
@@ -32,11 +34,9 @@ from fastwsss.methods.conta import (
 )
 from fastwsss.models.checkpoint import save_torch_file
 from fastwsss.models.deeplab import load_seg_model
-from fastwsss.progress import log, track, warn
-from fastwsss.rundir import CONFOUNDER, SEG, RunDir, id_file
+from fastwsss.reporting.visual import heatmap_sheet
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.seg import predict_mask
-from fastwsss.visual import heatmap_sheet
 
 FOLDER = CONFOUNDER
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from fastwsss.config import RunConfig
-from fastwsss.rundir import RunDir
+from fastwsss.engine.rundir import RunDir
 
 StepHook = Callable[[str, int], None]
 

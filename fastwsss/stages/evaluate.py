@@ -5,7 +5,7 @@ for the configured threshold and for a sweep of thresholds (C2AM sweeps 0.13..0.
 on their confident pixels only (255 = unsure is left out) with the share of pixels that are confident;
 pseudo masks and the segmentation model's predictions on the training images as plain masks. Where the
 data set records context regions (synthetic), the CAM row also carries the context leakage
-(fastwsss.context_metrics). One metrics
+(fastwsss.algorithms.context_metrics). One metrics
 row per evaluated output, appended to RUNDIR/metrics.jsonl; mIoU is stored as a fraction in 0..1. Under
 torchrun each rank scores its shard of the images and the confusion matrices and counts are summed.
 """
@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from fastwsss.cam_inference import cam_seed_mask, load_cam_npz
-from fastwsss.context_metrics import ContextLeakageMeter
+from fastwsss.algorithms.cam_inference import cam_seed_mask, load_cam_npz
+from fastwsss.algorithms.context_metrics import ContextLeakageMeter
+from fastwsss.algorithms.metrics import ConfusionMeter, score_row
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import IGNORE_INDEX
-from fastwsss.distributed import is_main, shard, sum_array
+from fastwsss.engine.distributed import is_main, shard, sum_array
+from fastwsss.engine.progress import track, warn
+from fastwsss.engine.rundir import id_file
 from fastwsss.errors import DataError
-from fastwsss.metrics import ConfusionMeter, score_row
-from fastwsss.progress import track, warn
-from fastwsss.rundir import id_file
 from fastwsss.stages.context import StageContext
 
 

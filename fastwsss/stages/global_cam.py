@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastwsss.cam_inference import multiscale_cam
+from fastwsss.algorithms.cam_inference import multiscale_cam
 from fastwsss.data import build_source
-from fastwsss.distributed import is_main, shard, sum_array
+from fastwsss.engine.distributed import is_main, shard, sum_array
+from fastwsss.engine.files import atomic_path, write_json
+from fastwsss.engine.progress import track, warn
+from fastwsss.engine.rundir import CLS, GLOBAL_CAM
 from fastwsss.errors import CheckpointError, DataError
-from fastwsss.io import atomic_path, write_json
 from fastwsss.methods.c2am import GlobalCamAccumulator, logit_constants
 from fastwsss.models.cam_net import load_cam_net
-from fastwsss.progress import track, warn
-from fastwsss.rundir import CLS, GLOBAL_CAM
+from fastwsss.reporting.visual import heatmap_sheet
 from fastwsss.stages.context import StageContext
-from fastwsss.visual import heatmap_sheet
 
 FOLDER = GLOBAL_CAM
 

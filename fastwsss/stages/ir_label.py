@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastwsss.cam_inference import cam_seed_mask, load_cam_npz
-from fastwsss.crf import crf_available, crf_refine_labels
+from fastwsss.algorithms.cam_inference import cam_seed_mask, load_cam_npz
+from fastwsss.algorithms.crf import crf_available, crf_refine_labels
+from fastwsss.algorithms.thresholds import class_thresholds, seed_mask
 from fastwsss.data import build_source
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
-from fastwsss.distributed import all_gather, is_main
+from fastwsss.engine.distributed import all_gather, is_main
+from fastwsss.engine.progress import track, warn
+from fastwsss.engine.rundir import IR_LABELS
 from fastwsss.errors import ConfigError, DataError, FastwsssError
-from fastwsss.progress import track, warn
-from fastwsss.rundir import IR_LABELS
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import images_to_do
-from fastwsss.thresholds import class_thresholds, seed_mask
 
 FOLDER = IR_LABELS
 
@@ -47,7 +47,7 @@ def ir_label_from_cams(
     """(H, W) uint8: class ids where confident, 0 where surely background, 255 where unsure.
 
     `fg_rule` "otsu" cuts each class map at its own Otsu level (at least `fg_threshold`) instead of at
-    `fg_threshold` (fastwsss.thresholds). With `image` given, both seed masks are refined by the dense CRF
+    `fg_threshold` (fastwsss.algorithms.thresholds). With `image` given, both seed masks are refined by the dense CRF
     before they are combined.
     """
     if not bg_threshold < fg_threshold:

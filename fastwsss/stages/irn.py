@@ -5,8 +5,8 @@ images of `data.cam_split`, written by the ir_label stage, and -- with `irn.back
 classifier RUNDIR/cls/ckpt.pt whose backbone is copied and frozen.
 
 Each step: boundary logits at stride 4, affinities 1 - max(sigmoid(edge)) along the path of every pair of
-the radius-`irn.radius` half disc (`fastwsss.affinity.path_max_affinity`), the pair loss of
-`fastwsss.irn_pairs` (all in-grid pairs, or IRNet's PathIndex window with `irn.pairs`; labels sampled at
+the radius-`irn.radius` half disc (`fastwsss.algorithms.affinity.path_max_affinity`), the pair loss of
+`fastwsss.algorithms.irn_pairs` (all in-grid pairs, or IRNet's PathIndex window with `irn.pairs`; labels sampled at
 `irn.label_offset`). SGD with momentum `irn.momentum` on the edge head only, poly lr per step. As in the cls stage,
 data order and augmentation are functions of (seed, epoch, index) and RUNDIR/irn/last.pt is written after
 every epoch, so a resumed run trains exactly as an uninterrupted one; the final model is RUNDIR/irn/ckpt.pt.
@@ -19,21 +19,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastwsss.affinity import path_max_affinity
+from fastwsss.algorithms.affinity import path_max_affinity
+from fastwsss.algorithms.irn_pairs import affinity_loss, downsample_labels, pair_masks
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.data.palette import IGNORE_INDEX
 from fastwsss.data.transforms import apply_crop, hflip, resize_long_mask
-from fastwsss.distributed import global_batch_mean, is_main
+from fastwsss.engine.distributed import global_batch_mean, is_main
+from fastwsss.engine.progress import warn
+from fastwsss.engine.rundir import IR_LABELS, IRN, id_file
+from fastwsss.engine.training import TrainJob, run_epochs
+from fastwsss.engine.weights import weights_record
 from fastwsss.errors import ConfigError, DataError
-from fastwsss.irn_pairs import affinity_loss, downsample_labels, pair_masks
 from fastwsss.models.irn import BoundaryNet, save_irn_checkpoint
-from fastwsss.progress import warn
-from fastwsss.rundir import IR_LABELS, IRN, id_file
 from fastwsss.stages.context import StageContext
-from fastwsss.training import TrainJob, run_epochs
-from fastwsss.weights import weights_record
 
 STAGE = FOLDER = IRN
 IR_LABEL_FOLDER = IR_LABELS

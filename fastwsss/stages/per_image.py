@@ -12,10 +12,10 @@ from pathlib import Path
 
 from fastwsss.config import RunConfig
 from fastwsss.data import build_source
-from fastwsss.distributed import all_gather, is_main, shard
-from fastwsss.io import atomic_path
-from fastwsss.progress import log, warn
-from fastwsss.rundir import CAMS, IMAGE_SUFFIX, RunDir
+from fastwsss.engine.distributed import all_gather, is_main, shard
+from fastwsss.engine.files import atomic_path
+from fastwsss.engine.progress import log, warn
+from fastwsss.engine.rundir import CAMS, IMAGE_SUFFIX, RunDir
 from fastwsss.stages.context import StageContext
 
 

@@ -20,19 +20,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastwsss.cam_inference import load_cam_npz, normalize_image
-from fastwsss.colour_refine import DILATIONS, refine_maps
+from fastwsss.algorithms.cam_inference import load_cam_npz, normalize_image
+from fastwsss.algorithms.colour_refine import DILATIONS, refine_maps
+from fastwsss.algorithms.thresholds import class_thresholds, seed_mask
 from fastwsss.data import build_source
 from fastwsss.data.palette import save_mask_png
+from fastwsss.engine.progress import track, warn
+from fastwsss.engine.rundir import CAMS, IRN, PSEUDO
 from fastwsss.errors import DataError, FastwsssError
 from fastwsss.kernels.random_walk import random_walk
 from fastwsss.kernels.random_walk_batch import random_walk_batch
 from fastwsss.models.irn import grid_size, load_irn
-from fastwsss.progress import track, warn
-from fastwsss.rundir import CAMS, IRN, PSEUDO
 from fastwsss.stages.context import StageContext
 from fastwsss.stages.per_image import finish_images, images_to_do
-from fastwsss.thresholds import class_thresholds, seed_mask
 
 FOLDER = PSEUDO
 CAM_FOLDER = CAMS
@@ -58,8 +58,8 @@ def walk_to_mask(
     """Post-processing of IRNet: x4 upsample, crop, divide by one global max, background plane, argmax.
 
     `bg_rule` "otsu" replaces the constant plane by each map's own Otsu level, at least `bg_threshold`
-    (fastwsss.thresholds). With `image` and `refine_iterations` > 0 the normalised maps are first refined by
-    colour affinity (fastwsss.colour_refine)."""
+    (fastwsss.algorithms.thresholds). With `image` and `refine_iterations` > 0 the normalised maps are first refined by
+    colour affinity (fastwsss.algorithms.colour_refine)."""
     height, width = size
     if rw.shape[0] == 0:
         return np.zeros(size, dtype=np.uint8)

@@ -36,26 +36,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastwsss.cam_inference import normalize_image
-from fastwsss.colour_refine import refine_maps
+from fastwsss.algorithms.cam_inference import normalize_image
+from fastwsss.algorithms.colour_refine import refine_maps
+from fastwsss.algorithms.crf import crf_refine_probs
+from fastwsss.algorithms.metrics import ConfusionMeter, score_row
 from fastwsss.config import SegConfig
-from fastwsss.crf import crf_refine_probs
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import SegmentationDataset
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
-from fastwsss.distributed import BatchMean, global_batch_mean, is_main, local_mean, shard, sum_array
+from fastwsss.engine.distributed import BatchMean, global_batch_mean, is_main, local_mean, shard, sum_array
+from fastwsss.engine.progress import track, warn
+from fastwsss.engine.rundir import SEG, id_file
+from fastwsss.engine.training import TrainJob, run_epochs
+from fastwsss.engine.weights import weights_record
 from fastwsss.errors import ConfigError, DataError, FastwsssError
-from fastwsss.metrics import ConfusionMeter, score_row
 from fastwsss.models import eval_mode
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
 from fastwsss.models.msc import deeplab_param_groups, msc_outputs, msc_prediction_logits, nearest_labels
-from fastwsss.progress import track, warn
-from fastwsss.rundir import SEG, id_file
 from fastwsss.stages.context import StageContext
-from fastwsss.training import TrainJob, run_epochs
-from fastwsss.weights import weights_record
 
 STAGE = FOLDER = SEG
 
@@ -132,7 +132,7 @@ def predict_mask(
 
     Single scale, or with `msc_scales` the max of the MSC logits (fastwsss.models.msc); with `crf` the
     softmax is refined by DeepLab's dense CRF first, with `refine_iterations` by colour affinity
-    (fastwsss.colour_refine). `model` must already be on `device` (default: the
+    (fastwsss.algorithms.colour_refine). `model` must already be on `device` (default: the
     device of its parameters); it runs in eval mode and its previous mode is restored.
     """
     if device is None:

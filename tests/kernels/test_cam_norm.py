@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastwsss.cam_inference import cam_seed_mask
+from fastwsss.algorithms.cam_inference import cam_seed_mask
 from fastwsss.errors import ConfigError
 from fastwsss.kernels import cam_norm as cam_norm_module
 from fastwsss.kernels import dispatch

@@ -393,7 +393,7 @@ def test_batched_walk_equals_the_per_image_walk(backend: str, monkeypatch: pytes
 def test_triton_walk_replays_from_a_cuda_graph() -> None:
     """After one call has cached its tables, the Triton walk (taps + 2^k steps) captures into a CUDA graph: no
     host synchronisation on its path (a sync inside a capture raises)."""
-    from fastwsss.kernel_bench import _graphed
+    from fastwsss.benchmarking.kernel_bench import _graphed
 
     op = require(rw_module._IMPLEMENTATIONS, "triton")
     cams, edge = (t.to(DEVICE) for t in rw_inputs(16, 3, 94, 125))

@@ -6,7 +6,7 @@ trains exactly as an uninterrupted one. Learning rates follow the poly schedule 
 group's "initial_lr". A non-finite loss stops the stage with one line naming the step, keeping the last
 good checkpoint.
 
-Under torchrun (fastwsss.distributed) the model is wrapped in DistributedDataParallel and every global
+Under torchrun (fastwsss.engine.distributed) the model is wrapped in DistributedDataParallel and every global
 batch of `batch_size` images is split evenly over the ranks, so one step sees the same images as in a
 single process; losses that average over pixels or pairs use `global_batch_mean`, so the gradient is the
 single-process one up to float rounding. BatchNorm in training mode is the exception: on CUDA it becomes
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fastwsss.distributed import mean_over_ranks, split_batch, world
+from fastwsss.engine.distributed import mean_over_ranks, split_batch, world
+from fastwsss.engine.progress import log, make_progress, warn
 from fastwsss.errors import CheckpointError, DataError, FastwsssError
 from fastwsss.models.checkpoint import save_torch_file, verify_checksum
-from fastwsss.progress import log, make_progress, warn
 from fastwsss.stages.context import StageContext
 
 

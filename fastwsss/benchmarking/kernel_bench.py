@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from fastwsss.benchtools import (
+from fastwsss.benchmarking.benchtools import (
     environment,
     l2_bytes,
     print_table,

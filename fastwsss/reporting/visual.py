@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fastwsss.io import atomic_path
+from fastwsss.engine.files import atomic_path
 
 # Anchors of a dark-blue -> red -> yellow -> white ramp (perceptually ordered, readable in grey).
 _RAMP = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastwsss.engine.rundir import SEG, open_run_dir
 from fastwsss.errors import RunDirError
 from fastwsss.methods import get_method
-from fastwsss.rundir import SEG, open_run_dir
 
 
 def final_seg_checkpoint(rundir: str | Path) -> Path:

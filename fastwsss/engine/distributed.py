@@ -7,7 +7,7 @@ stages call them unconditionally.
 
 The division of work (docs/design.md, "Scale-out"):
 - training stages (cls, c2am, irn, seg) wrap the model in DistributedDataParallel; each optimiser step's
-  global batch of `batch_size` images is split evenly over the ranks (fastwsss.training);
+  global batch of `batch_size` images is split evenly over the ranks (fastwsss.engine.training);
 - per-image stages (cam, ir_label, pseudo, global_cam, eval, the seg stage's predictions and scores) take
   `shard(ids)` and sum what they accumulate (`sum_array`);
 - CONTA's confounder stage shards the images it must predict, then builds C and X_m on rank 0 alone;

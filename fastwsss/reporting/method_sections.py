@@ -3,8 +3,8 @@ chart and picture (CONTA), one for the global CAM (C2AM)."""
 
 from __future__ import annotations
 
-from fastwsss.report import ROUND_STAGES, STAGE_LABELS, RunInfo, _guard, _is_number, _picture, _scored
-from fastwsss.report_charts import line_chart
+from fastwsss.reporting.charts import line_chart
+from fastwsss.reporting.report import ROUND_STAGES, STAGE_LABELS, RunInfo, _guard, _is_number, _picture, _scored
 
 
 def rounds_section(info: RunInfo) -> str:

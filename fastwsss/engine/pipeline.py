@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastwsss.algorithms.crf import crf_available
 from fastwsss.config import RunConfig, config_from_dict, validate
-from fastwsss.crf import crf_available
-from fastwsss.distributed import all_gather, barrier, init_from_env, on_main, world
-from fastwsss.environment import environment_record, training_source
+from fastwsss.engine.distributed import all_gather, barrier, init_from_env, on_main, world
+from fastwsss.engine.environment import environment_record, training_source
+from fastwsss.engine.progress import log
+from fastwsss.engine.run_checks import check_new_run
+from fastwsss.engine.rundir import RunDir, create_or_resume
+from fastwsss.engine.weights import check_pretrained
 from fastwsss.errors import ConfigError
-from fastwsss.progress import log
-from fastwsss.run_checks import check_new_run
-from fastwsss.rundir import RunDir, create_or_resume
 from fastwsss.stages import get_stage, plan_for, stages_for
 from fastwsss.stages.context import StageContext, StepHook, resolve_device
 from fastwsss.stages.per_image import missing_outputs
-from fastwsss.weights import check_pretrained
 
 
 def default_run_name(config: RunConfig) -> str:

@@ -1,7 +1,7 @@
 """`fastwsss report`: one self-contained HTML page about a run directory (RUNDIR/report.html).
 
 The page holds no URL: pictures are embedded as data: URIs of small PNGs and charts are inline SVG
-(fastwsss.report_charts), so it can be mailed, archived or opened offline. Every section is built on its
+(fastwsss.reporting.charts), so it can be mailed, archived or opened offline. Every section is built on its
 own and a missing or corrupt piece becomes a "not available: <reason>" note, because a report is most
 wanted exactly when a run went wrong. Only a folder that is not a run directory at all is an error.
 """
@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fastwsss.cam_inference import cam_seed_mask, load_cam_npz
+from fastwsss.algorithms.cam_inference import cam_seed_mask, load_cam_npz
 from fastwsss.config import RunConfig
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import voc_palette
-from fastwsss.environment import flatten
+from fastwsss.engine.environment import flatten
+from fastwsss.engine.files import atomic_path, read_jsonl
+from fastwsss.engine.rundir import RunDir, open_run_dir
 from fastwsss.errors import FastwsssError, one_line
-from fastwsss.io import atomic_path, read_jsonl
 from fastwsss.methods import METHODS
-from fastwsss.report_charts import (
+from fastwsss.reporting.charts import (
     CSS,
     bar_chart,
     blend_mask,
@@ -41,8 +42,7 @@ from fastwsss.report_charts import (
     thumb_size,
     thumbnail,
 )
-from fastwsss.rundir import RunDir, open_run_dir
-from fastwsss.summary import latest_rows
+from fastwsss.reporting.summary import latest_rows
 
 THUMB = 160
 """Longest side of an overlay thumbnail, in pixels."""

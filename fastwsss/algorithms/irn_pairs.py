@@ -2,7 +2,7 @@
 
 IR labels (0 = sure background, 1..K = class, 255 = unsure) are taken at the stride-4 grid by nearest
 sampling, `label[::4, ::4]`, which has ((H - 1) // 4 + 1) rows like the boundary map. For every direction
-d of the half disc of `radius` (in `fastwsss.affinity.half_disc_directions` order) and every source cell
+d of the half disc of `radius` (in `fastwsss.algorithms.affinity.half_disc_directions` order) and every source cell
 p whose partner p + d lies inside the grid, the pair is
 
     bg_pos  both labels 0,
@@ -10,7 +10,7 @@ p whose partner p + d lies inside the grid, the pair is
     neg     different labels, neither 255,
 
 and a pair touching 255 (or leaving the grid) is in no set. Masks are boolean (B, D, h, w), indexed like
-the affinities of `fastwsss.affinity.path_max_affinity`.
+the affinities of `fastwsss.algorithms.affinity.path_max_affinity`.
 
 IRNet's released definitions (misc/indexing.py PathIndex, voc12/dataloader.py) are options:
 - `pair_masks(..., window=True)`: PathIndex takes sources only inside one window for every direction, rows
@@ -27,9 +27,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fastwsss.affinity import half_disc_directions
+from fastwsss.algorithms.affinity import half_disc_directions
 from fastwsss.data.palette import IGNORE_INDEX
-from fastwsss.distributed import BatchMean, local_mean
+from fastwsss.engine.distributed import BatchMean, local_mean
 
 STRIDE = 4
 EPS = 1e-5

@@ -52,7 +52,7 @@ def class_thresholds(maps: np.ndarray, rule: str, level: float) -> np.ndarray:
 def seed_mask(maps: np.ndarray, keys: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """(H, W) uint8 class ids: keys[j] + 1 where map j is the highest of the maps above their thresholds
     (ties to the lower j), 0 where no map exceeds its threshold. With one threshold for all maps this is
-    `fastwsss.cam_inference.cam_seed_mask`."""
+    `fastwsss.algorithms.cam_inference.cam_seed_mask`."""
     if maps.ndim != 3 or len(keys) != maps.shape[0] or len(thresholds) != maps.shape[0]:
         raise ValueError(f"maps (k, H, W), keys (k,) and thresholds (k,) disagree: {maps.shape}, {np.shape(keys)}, {np.shape(thresholds)}")
     if maps.shape[0] == 0:

@@ -25,17 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastwsss.cam_inference import load_cam_npz, normalize_image
+from fastwsss.algorithms.cam_inference import load_cam_npz, normalize_image
+from fastwsss.algorithms.irn_pairs import STRIDE
+from fastwsss.algorithms.metrics import ConfusionMeter
 from fastwsss.data import build_source
 from fastwsss.data.base import read_label_png
 from fastwsss.data.palette import IGNORE_INDEX
+from fastwsss.engine.progress import track, warn
+from fastwsss.engine.rundir import IRN, open_run_dir
 from fastwsss.errors import DataError, FastwsssError
-from fastwsss.irn_pairs import STRIDE
 from fastwsss.kernels.random_walk import random_walk
-from fastwsss.metrics import ConfusionMeter
 from fastwsss.models.irn import load_irn
-from fastwsss.progress import track, warn
-from fastwsss.rundir import IRN, open_run_dir
 from fastwsss.stages.pseudo import walk_to_mask
 
 

@@ -8,7 +8,7 @@
 A run directory belongs to one run at a time (an exclusive lock), is never silently reused (an existing
 run needs --resume), and every file in it is written atomically. Under torchrun only rank 0 writes the
 shared files (config.json, metrics.jsonl, DONE markers) and holds the lock; the other ranks' calls of those
-writers do nothing (fastwsss.distributed).
+writers do nothing (fastwsss.engine.distributed).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any
 
 from fastwsss.config import RunConfig, config_from_dict
 from fastwsss.data.base import check_image_id
-from fastwsss.distributed import is_main
+from fastwsss.engine.distributed import is_main
+from fastwsss.engine.files import append_jsonl, read_jsonl, remove_orphan_temps, write_json
 from fastwsss.errors import ConfigError, RunDirError
-from fastwsss.io import append_jsonl, read_jsonl, remove_orphan_temps, write_json
 
 ENVIRONMENT_FILE = "environment.jsonl"
-"""One row per start of the run (fastwsss.environment)."""
+"""One row per start of the run (fastwsss.engine.environment)."""
 
 # The folder of each stage's outputs, under the run directory (or under a CONTA round's folder).
 CLS = "cls"
@@ -256,7 +256,7 @@ class RunDir:
         return row
 
     def record_environment(self, row: dict[str, Any]) -> None:
-        """Append one row (fastwsss.environment) to RUNDIR/environment.jsonl."""
+        """Append one row (fastwsss.engine.environment) to RUNDIR/environment.jsonl."""
         if is_main():
             append_jsonl(self.top / ENVIRONMENT_FILE, row)
 

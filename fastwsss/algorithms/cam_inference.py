@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from fastwsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fastwsss.engine.files import atomic_path
 from fastwsss.errors import DataError
-from fastwsss.io import atomic_path
 from fastwsss.kernels.cam_norm import cam_norm
 from fastwsss.models import eval_mode
 from fastwsss.models.cam_net import CAMNet

@@ -1,0 +1,1 @@
+"""Shared helpers of the benchmarks under bench/: timing, sizes and result files."""

@@ -1,0 +1,1 @@
+"""Presentation: the run report, its charts, the terminal summary, pictures and the walk diagnosis."""
