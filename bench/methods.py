@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, write_json
-from fastwsss.cli import apply_options
-from fastwsss.config import RunConfig, get_preset, validate
+from fastwsss.config import RunConfig, apply_options, get_preset, validate
 from fastwsss.engine.rundir import CLS, RunDir
 
 BENCH_SCALE: dict[str, Any] = {

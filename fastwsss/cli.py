@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from fastwsss.commands.method_options import (
     rounds_settings,
     stages_help,
 )
-from fastwsss.config import PRESETS, RunConfig, get_preset, parse_setting, validate
+from fastwsss.config import PRESETS, RunConfig, apply_options, get_preset, parse_setting, validate
 from fastwsss.engine.distributed import PeerStopped
 from fastwsss.engine.progress import console, rank_prefix
 from fastwsss.errors import ConfigError, FastwsssError, one_line
@@ -87,22 +86,6 @@ def friendly_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def apply_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
-    """Set dotted settings ("cls.epochs") on a copy of `config`; None values are left alone."""
-    for dotted, value in options.items():
-        if value is None:
-            continue
-        *parents, leaf = dotted.split(".")
-        chain = [config]
-        for name in parents:
-            chain.append(getattr(chain[-1], name))
-        updated: Any = dataclasses.replace(chain[-1], **{leaf: value})
-        for parent, name in zip(reversed(chain[:-1]), reversed(parents), strict=True):
-            updated = dataclasses.replace(parent, **{name: updated})
-        config = updated
-    return config
 
 
 def absolute(path: Path | None) -> str | None:

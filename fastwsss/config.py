@@ -625,3 +625,19 @@ def parse_setting(config: RunConfig, assignment: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {dotted}: a section, not a setting; valid: {', '.join(f.name for f in dataclasses.fields(current))}")
     item_type = float if "tuple[float" in annotation else int if "tuple[int" in annotation else str
     return dotted, _coerce(text, current, dotted, item_type)
+
+
+def apply_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
+    """Set dotted settings ("cls.epochs") on a copy of `config`; None values are left alone."""
+    for dotted, value in options.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        chain = [config]
+        for name in parents:
+            chain.append(getattr(chain[-1], name))
+        updated: Any = dataclasses.replace(chain[-1], **{leaf: value})
+        for parent, name in zip(reversed(chain[:-1]), reversed(parents), strict=True):
+            updated = dataclasses.replace(parent, **{name: updated})
+        config = updated
+    return config
