@@ -223,8 +223,9 @@ def start_processes(nproc: int, device: str | None) -> None:
         raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
     if nproc == 1 or launched_world().distributed:
         return
-    name = device or "auto"
-    if (name == "auto" and torch.cuda.is_available()) or name.startswith("cuda"):
+    from fastwsss.engine.device import resolve_device
+
+    if resolve_device(device).type == "cuda":
         visible = torch.cuda.device_count()
         if nproc > visible:
             raise ConfigError(f"--nproc {nproc}: {visible} GPU(s) visible; start at most one process per GPU "
@@ -288,8 +289,9 @@ def eval_command(
     rescore: Annotated[bool, typer.Option(help="Recompute the scores from the stored outputs first")] = True,
 ) -> None:
     """Score a run's outputs (CAM seeds, ...) against the ground truth and print a table."""
+    from fastwsss.engine.device import resolve_device
     from fastwsss.engine.rundir import open_run_dir
-    from fastwsss.stages.context import StageContext, resolve_device
+    from fastwsss.stages.context import StageContext
     from fastwsss.stages.evaluate import run_eval
 
     run = open_run_dir(rundir)
@@ -527,15 +529,15 @@ def bench_kernels(
 
       fastwsss bench kernels --device cuda --json bench/results/kernels-h100.json
     """
-    from fastwsss.benchmarking.benchtools import pick_device
     from fastwsss.benchmarking.kernel_bench import CASES, TINY_CASES, run_kernel_bench
+    from fastwsss.engine.device import resolve_device
 
     ops = [o.strip() for o in only.split(",")] if only else None
     known = sorted({c.op for c in CASES + TINY_CASES})
     for op in ops or []:
         if op not in known:
             raise ConfigError(f"--only: unknown op {op!r}; valid: {', '.join(known)}")
-    run_kernel_bench(pick_device(device), repeats, ops, compile, dense, json_path, tiny)
+    run_kernel_bench(resolve_device(device), repeats, ops, compile, dense, json_path, tiny)
 
 
 def main() -> None:
