@@ -90,3 +90,14 @@ def test_a_bad_file_is_one_line_naming_it(tmp_path: Path, text: str | None, word
 def test_config_and_preset_together_are_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--config", str(printed(tmp_path, "tiny")), "--preset", "tiny", "--dry-run"])
     assert result.exit_code == 2 and "pass one" in result.output, result.output
+
+
+def test_resume_refuses_a_config_file_that_disagrees_with_the_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(get_preset("tiny").to_dict()))
+    edited = tmp_path / "edited.txt"
+    edited.write_text(printed(tmp_path, "tiny").read_text().replace("cls.epochs                   = 3", "cls.epochs = 5"))
+    result = runner.invoke(app, ["train", "--config", str(edited), "--resume", "--out", str(run)])
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and "cls.epochs: --resume uses" in lines[0], result.output
