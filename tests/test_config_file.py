@@ -37,7 +37,7 @@ def test_the_presets_listing_and_its_json_read_back_as_the_preset(tmp_path: Path
 
 
 def test_train_config_gives_the_same_settings_as_the_preset(tmp_path: Path) -> None:
-    listing = printed(tmp_path, "synthetic")
+    listing = printed(tmp_path, "synthetic").rename(tmp_path / "x.json")  # `fastwsss presets synthetic > x.json`
     assert build_config(dict(NO_OPTIONS), None, listing, []) == build_config(dict(NO_OPTIONS), "synthetic", None, [])
     by_file = runner.invoke(app, ["train", "--config", str(listing), "--dry-run"])
     by_preset = runner.invoke(app, ["train", "--preset", "synthetic", "--dry-run"])
