@@ -81,7 +81,7 @@ def build_config(options: dict[str, Any], preset: str | None, config_file: Path 
     else:
         base = get_preset(choose_preset(preset, options.get("data.name")), options.get("method") or "cam")
     if base.irn.backbone_from == "imagenet":
-        options["irn.weights"] = options["cls.weights"]
+        options["irn.weights"] = options.get("cls.weights")
     options.update(parse_setting(base, text) for text in settings)
     try:
         return validate(apply_options(base, options))
