@@ -21,7 +21,6 @@ from fastwsss.benchmarking.benchtools import (  # noqa: F401  (re-exported for t
     environment,
     measure_peak,
     percentile,
-    pick_device,
     print_table,
     summarize,
     synchronize,
@@ -30,6 +29,7 @@ from fastwsss.benchmarking.benchtools import (  # noqa: F401  (re-exported for t
     timing_fields,
     write_json,
 )
+from fastwsss.engine.device import resolve_device as pick_device  # noqa: F401  (re-exported for the bench scripts)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

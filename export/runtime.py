@@ -43,6 +43,7 @@ import torch
 
 from fastwsss.data.palette import voc_palette
 from fastwsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fastwsss.engine.device import requested_device, resolve_device
 from fastwsss.errors import CheckpointError, ConfigError, FastwsssError, one_line
 from fastwsss.export.tensorrt import tensorrt_unavailable_reason
 
@@ -195,18 +196,6 @@ def model_kind(path: Path) -> str:
     )
 
 
-def torch_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {device}: not a torch device ({one_line(str(exc))})") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is visible to torch")
-    return chosen
-
-
 def physical_cores() -> int:
     """Physical cores this process may run on (hyper-threads of one core count once); os.cpu_count() where
     the topology cannot be read."""
@@ -300,7 +289,7 @@ def _auto_choice(path: Path, kind: str, device: str | None) -> tuple[str, Path, 
         if "CUDAExecutionProvider" in ort.get_available_providers() and (device is None or device.startswith("cuda")):
             return "onnxruntime", path, "auto: an ONNX file runs on onnxruntime; CUDAExecutionProvider is available"
         return "onnxruntime", path, "auto: an ONNX file runs on onnxruntime; no CUDAExecutionProvider, so the CPU"
-    on_cuda = torch_device(device).type == "cuda"
+    on_cuda = resolve_device(device).type == "cuda"
     if kind == "rundir" and on_cuda and tensorrt_unavailable_reason() is None:
         engine, _ = exported_model(path, "tensorrt", device)
         if engine is not None:
@@ -326,11 +315,12 @@ def load_segmenter(
 ) -> Segmenter:
     """The model (RUNDIR, .pt, .onnx or .engine) behind the asked-for backend; `auto` per the module doc.
 
-    `device`: None (CUDA when present, else CPU), "cpu" or "cuda[:i]". `half`, `cuda_graphs` and
+    `device`: "auto" or None (CUDA when present, else CPU), "cpu" or "cuda[:N]". `half`, `cuda_graphs` and
     `compile` apply to the torch backend only. A run directory with --backend onnxruntime / tensorrt uses
     its up-to-date export (RUNDIR/export, written by `fastwsss export`).
     """
     path = Path(model)
+    device = requested_device(device)
     if backend not in BACKENDS:
         raise ConfigError(f"--backend: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "tensorrt":

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastwsss.engine.device import resolve_device
 from fastwsss.errors import ConfigError
-from fastwsss.export.runtime import Segmenter, argmax_labels, torch_device
+from fastwsss.export.runtime import Segmenter, argmax_labels
 
 MAX_CUDA_GRAPHS = 8
 """Input shapes that get a captured CUDA graph each; further shapes run without one (each graph keeps its
@@ -130,7 +131,7 @@ def load_torch_segmenter(
     from fastwsss.engine.artifacts import final_seg_checkpoint
     from fastwsss.models.deeplab import load_seg_model
 
-    chosen = torch_device(device)
+    chosen = resolve_device(device)
     checkpoint = final_seg_checkpoint(path) if path.is_dir() else path
     model, meta = load_seg_model(checkpoint, map_location="cpu")
     on_cuda = chosen.type == "cuda"

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from fastwsss.cli import check_resume_options
+from fastwsss.commands.train import check_resume_options
 from fastwsss.config import PRESETS, apply_options, config_from_dict, get_preset, parse_setting, validate
 from fastwsss.errors import ConfigError
 

@@ -130,9 +130,10 @@ class MethodContract:
         assert all(m.startswith(f"{method.section}.") for m in messages), messages
 
     def test_help_and_presets_list_it(self, method: Method) -> None:
-        result = runner.invoke(app, ["train", "--help"])
+        result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0
         assert f"{method.name} (" in _flat(result.output)
+        assert f"--method <{'|'.join(METHODS)}>" in _flat(result.output)  # the choices, read when the command runs
         shown = runner.invoke(app, ["presets", "tiny", "--method", method.name])
         assert shown.exit_code == 0 and "method" in shown.output and method.name in shown.output
 

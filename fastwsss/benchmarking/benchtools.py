@@ -25,13 +25,6 @@ from typing import Any
 import torch
 
 
-def pick_device(name: str | None) -> torch.device:
-    """The requested device, or CUDA when present and nothing was requested."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def device_label(device: torch.device) -> str:
     """A file-name-safe label: "cpu", or the GPU's name (e.g. "nvidia-h100-80gb-hbm3")."""
     if device.type != "cuda":

@@ -45,11 +45,12 @@ from fastwsss.commands.segment_inputs import (
 )
 from fastwsss.commands.segment_memory import bytes_per_pixel, default_budget, image_size, plan_batches
 from fastwsss.data.palette import save_mask_png, voc_palette
+from fastwsss.engine.device import DEFAULT_DEVICE, resolve_device
 from fastwsss.engine.distributed import all_gather, init_from_env, is_main, launched_world, shard, shutdown, world
 from fastwsss.engine.files import atomic_path
 from fastwsss.engine.progress import console, make_progress
 from fastwsss.errors import ConfigError, DataError, FastwsssError, one_line
-from fastwsss.export.runtime import Segmenter, load_segmenter, torch_device
+from fastwsss.export.runtime import Segmenter, load_segmenter
 from fastwsss.models.cam_net import CAMNet, load_cam_net
 from fastwsss.reporting.visual import heat_colors
 
@@ -297,7 +298,7 @@ def segment_command(
     overlay: bool = False,
     cam: bool = False,
     *,
-    device: str | None = None,
+    device: str = DEFAULT_DEVICE,
     verbose: bool = False,
     max_pixels: int = MAX_PIXELS,
     overwrite: bool = False,
@@ -316,7 +317,7 @@ def segment_command(
     check_out(out, items, folders)
     total = len(items)
     if launched_world().distributed:  # under torchrun: this rank's share of the images, on its own GPU
-        device = str(init_from_env(torch_device(device)))
+        device = str(init_from_env(resolve_device(device)))
         items = shard(items)
     failed: list[str] = []
     if not overwrite:
@@ -329,7 +330,7 @@ def segment_command(
         _say(segmenter.reason)
     cam_model = None
     if cam:
-        cam_device = getattr(segmenter, "device", None) or torch_device(device)
+        cam_device = getattr(segmenter, "device", None) or resolve_device(device)
         try:
             cam_model = load_cam_model(Path(model), cam_device, len(segmenter.class_names) - 1)
         except FastwsssError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from fastwsss.algorithms.crf import crf_available
 from fastwsss.config import RunConfig, config_from_dict, validate
+from fastwsss.engine.device import resolve_device
 from fastwsss.engine.distributed import all_gather, barrier, init_from_env, on_main, world
 from fastwsss.engine.environment import environment_record, training_source
 from fastwsss.engine.progress import log
@@ -18,8 +20,8 @@ from fastwsss.engine.run_checks import check_new_run
 from fastwsss.engine.rundir import RunDir, create_or_resume
 from fastwsss.engine.weights import check_pretrained
 from fastwsss.errors import ConfigError
-from fastwsss.stages import get_stage, plan_for, stages_for
-from fastwsss.stages.context import StageContext, StepHook, resolve_device
+from fastwsss.stages import get_stage, parse_stages, plan_for
+from fastwsss.stages.context import StageContext, StepHook
 from fastwsss.stages.per_image import missing_outputs
 
 
@@ -48,7 +50,7 @@ def preflight(config: RunConfig, stage_names: list[str], processes: int = 1) -> 
 def run_pipeline(
     config: RunConfig,
     out: str | Path | None = None,
-    stages: str | None = None,
+    stages: str | Sequence[str] | None = None,
     resume: bool = False,
     on_step: StepHook | None = None,
 ) -> RunDir:
@@ -56,11 +58,10 @@ def run_pipeline(
     unfinished ones continue from their last checkpoint or last finished image."""
     config = validate(config)
     device = init_from_env(resolve_device(config.device))  # joins torchrun's process group, if any
-    on_main(lambda: preflight(config, [stage.name for stage in stages_for(config.method, stages)], world().size))
+    names = list(parse_stages(config.method, stages))
+    on_main(lambda: preflight(config, names, world().size))
     out = Path(all_gather(str(out) if out is not None else str(Path("runs") / default_run_name(config)))[0])
     locked: list[RunDir] = []
-
-    names = [stage.name for stage in stages_for(config.method, stages)]
 
     def create() -> dict:
         if not (resume and RunDir(Path(out)).config_path.is_file()):
@@ -85,7 +86,7 @@ def run_pipeline(
         ranks = f", {w.size} processes" if w.distributed else ""
         log(f"run directory: {run.path}  (method {config.method}, preset {config.preset}, device {device}{ranks})")
         on_main(lambda: run.record_environment(environment_record(device, w.size, training_source(config))))
-        for planned in plan_for(config, stages):
+        for planned in plan_for(config, names):
             stage, round_ = planned.stage, planned.round
             view = run if round_ is None else run.round_view(round_)
             name = stage.name if round_ is None else f"round {round_}: {stage.name}"

@@ -12,8 +12,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-import torch
-
 from fastwsss.config import RunConfig
 from fastwsss.errors import ConfigError, FastwsssError
 
@@ -27,15 +25,10 @@ SPLIT_USERS: dict[str, tuple[str, ...]] = {
 
 def check_device(config: RunConfig) -> None:
     """A cuda device that this machine has; a forced kernel backend that can run on the run's device."""
+    from fastwsss.engine.device import resolve_device
     from fastwsss.kernels.dispatch import ENV_VAR, forced_backend
 
-    name = config.device
-    cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.partition(":")[2] or 0)
-        if index >= count:
-            raise ConfigError(f"device: {name} requested but {count} CUDA device(s) are visible; use --device cpu")
+    cuda = resolve_device(config.device).type == "cuda"
     forced = forced_backend()
     if forced == "cuda" and not cuda:
         raise ConfigError(f"{ENV_VAR}=cuda: the run's device is the CPU; unset {ENV_VAR} or run on a GPU")

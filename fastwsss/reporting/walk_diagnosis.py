@@ -31,6 +31,7 @@ from fastwsss.algorithms.metrics import ConfusionMeter
 from fastwsss.data import build_source
 from fastwsss.data.base import read_label_png
 from fastwsss.data.palette import IGNORE_INDEX
+from fastwsss.engine.device import DEFAULT_DEVICE, resolve_device
 from fastwsss.engine.progress import track, warn
 from fastwsss.engine.rundir import IRN, open_run_dir
 from fastwsss.errors import DataError, FastwsssError
@@ -74,8 +75,9 @@ class MeanOver:
         return self.total / self.count if self.count else None
 
 
-def diagnose_walk(rundir: str | Path, images: int = 150, device: str = "cpu") -> dict[str, Any]:
+def diagnose_walk(rundir: str | Path, images: int = 150, device: str = DEFAULT_DEVICE) -> dict[str, Any]:
     """The measurements of the module docstring for `rundir`, as one JSON-friendly dict."""
+    device = resolve_device(device)
     run = open_run_dir(rundir)
     config = run.load_config()
     source = build_source(config.data, config.data.cam_split)

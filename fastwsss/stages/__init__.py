@@ -7,7 +7,7 @@ The generic stages are listed here; a method's own stages come from its declarat
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +83,7 @@ class PlannedStage:
     """The round (outputs under RUNDIR/rounds/<round>); None for single-pass methods."""
 
 
-def plan(method: str, rounds: int | None = None, requested: str | None = None) -> list[PlannedStage]:
+def plan(method: str, rounds: int | None = None, requested: str | Sequence[str] | None = None) -> list[PlannedStage]:
     """Every stage the run executes, in order, with its round; `requested` filters by stage name.
 
     `rounds` is the round count of a method that runs in rounds (ignored for the others)."""
@@ -99,7 +99,7 @@ def plan(method: str, rounds: int | None = None, requested: str | None = None) -
     return planned
 
 
-def plan_for(config: RunConfig, requested: str | None = None) -> list[PlannedStage]:
+def plan_for(config: RunConfig, requested: str | Sequence[str] | None = None) -> list[PlannedStage]:
     """`plan` of the method and round count in `config`."""
     from fastwsss.methods import get_method
 
@@ -114,16 +114,22 @@ def get_stage(name: str) -> Stage:
         raise ConfigError(f"stages: unknown stage {name!r}; valid stages: {', '.join(registry)}") from None
 
 
-def stages_for(method: str, requested: str | None) -> list[Stage]:
-    """The stages to run: all of the method's, or the comma-separated subset the user asked for, in order."""
+def parse_stages(method: str, requested: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The names of the stages to run, in the method's order: all of them, or the subset of `--stages`
+    (comma-separated text, or names already read). The only place that reads `--stages`."""
     from fastwsss.methods import get_method
 
     order = get_method(method).stages
     if not requested:
-        return [get_stage(name) for name in order]
-    names = [n.strip() for n in requested.split(",") if n.strip()]
+        return tuple(order)
+    names = [n.strip() for n in requested.split(",") if n.strip()] if isinstance(requested, str) else list(requested)
     for name in names:
         get_stage(name)
         if name not in order:
             raise ConfigError(f"stages: stage {name!r} is not part of method {method!r} ({', '.join(order)})")
-    return [get_stage(name) for name in order if name in names]
+    return tuple(name for name in order if name in names)
+
+
+def stages_for(method: str, requested: str | Sequence[str] | None) -> list[Stage]:
+    """The stages to run (`parse_stages`)."""
+    return [get_stage(name) for name in parse_stages(method, requested)]

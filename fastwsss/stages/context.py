@@ -34,8 +34,3 @@ class StageContext:
         if self.on_step is not None:
             self.on_step(stage, count)
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
