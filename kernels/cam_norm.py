@@ -27,7 +27,6 @@ limitation; on a GPU the cast rounds to nearest even like torch), so bf16 may di
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 
@@ -35,7 +34,7 @@ import torch
 
 from fastwsss.kernels.cuda_ext import cam_norm_cuda
 from fastwsss.kernels.dispatch import kernel_backend, register_backends
-from fastwsss.kernels.launch import l2_bytes, next_pow2, sm_count
+from fastwsss.kernels.launch import l2_bytes, next_pow2, on_device, pow2_block, sm_count
 
 try:  # triton is optional (Linux only): without it only the reference backends are registered.
     import triton
@@ -270,7 +269,7 @@ def _target_programs(cams: torch.Tensor) -> int:
 
 def _plane_config(n_planes: int, n_pixels: int) -> tuple[int, int, int]:
     """(ROWS, BLOCK, num_warps) for tiles of ROWS planes x BLOCK pixels."""
-    block = min(max(next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
+    block = pow2_block(n_pixels, _MIN_BLOCK, _MAX_BLOCK)
     rows = max(1, min(_TILE // block, next_pow2(n_planes)))
     num_warps = 4 if rows * block <= 1024 else 8
     return rows, block, num_warps
@@ -313,11 +312,6 @@ def _partial_maxima(cams: torch.Tensor, n_chunks: int | None) -> tuple[torch.Ten
     return partial, chunk, n_chunks, rows, block, num_warps
 
 
-def _on_device(cams: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Launch on the tensor's GPU (Triton launches on the current device)."""
-    return torch.cuda.device(cams.device) if cams.is_cuda else contextlib.nullcontext()
-
-
 def _cam_norm_triton(
     cams: torch.Tensor, eps: float = 1e-5, *, n_chunks: int | None = None, group_bytes: int | None = None
 ) -> torch.Tensor:
@@ -330,7 +324,7 @@ def _cam_norm_triton(
     batch, k, h, w = cams.shape
     n_planes, n_pixels = batch * k, h * w
     k_, w_, sb, sk, sh, sw, contiguous = _launch_args(cams)
-    with _on_device(cams):
+    with on_device(cams):
         rows, block, num_warps = _plane_config(n_planes, n_pixels)
         tiles = math.ceil(n_planes / rows)
         wanted = n_chunks or _num_chunks(cams, tiles, n_pixels)
