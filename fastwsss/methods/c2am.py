@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from fastwsss.config import MAX_BATCH, MAX_EPOCHS, MAX_SIDE, RunConfig
 from fastwsss.engine.rundir import C2AM, GLOBAL_CAM
+from fastwsss.errors import CheckpointError
 from fastwsss.methods.base import Method, Need, ReportSection
 from fastwsss.stages import Stage, lazy
 
@@ -115,6 +117,13 @@ def logit_constants(global_cam: np.ndarray | torch.Tensor, gamma: float = 1.0) -
     if g.dim() != 3:
         raise ValueError(f"expected a (K, S, S) global CAM, got shape {tuple(g.shape)}")
     return gamma * g.mean(dim=(1, 2))
+
+
+def load_global_cam(path: Path) -> np.ndarray:
+    """G as the global_cam stage wrote it (`RunDir.global_cam_file`); CheckpointError when it is missing."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: global CAM not found (run the global_cam stage first)")
+    return np.load(path, allow_pickle=False)
 
 
 def scaled_logits(logits: torch.Tensor, constants: torch.Tensor) -> torch.Tensor:
