@@ -168,6 +168,17 @@ def _check(config: RunConfig, need: Need) -> None:
     need(m.output_stride in (0, 8, 16, 32), "c2am.output_stride", f"0 (the classifier's), 8, 16 or 32, got {m.output_stride}")
 
 
+def _dry_run_row(config: RunConfig, images: dict[str, int | None]) -> Any:
+    """The c2am stage's `--dry-run` row: the fine-tune's schedule (the classifier's momentum and weight decay)."""
+    from fastwsss.engine.dry_run import PlannedRow, poly_schedule, steps
+
+    c, m, split = config.cls, config.c2am, config.data.train_split
+    stride = m.output_stride or c.output_stride
+    return PlannedRow("c2am", split, images[split], steps(images[split], m.batch_size, m.epochs), str(m.batch_size),
+                      poly_schedule(m.lr, m.head_lr_mult, c.momentum, c.weight_decay) + f"; stride {stride}",
+                      "RUNDIR/cls/ckpt.pt")
+
+
 def _sources(preset: str) -> dict[str, str]:
     from fastwsss.engine.provenance import C2AM_SOURCES
 
@@ -180,8 +191,10 @@ METHOD = Method(
     links=("https://github.com/yiping-wang/c2am",),
     stages=("cls", "global_cam", "c2am", "cam", "ir_label", "irn", "pseudo", "seg", "eval"),
     added_stages=(
-        Stage("global_cam", GLOBAL_CAM, lazy("fastwsss.stages.global_cam", "run_global_cam")),
-        Stage("c2am", C2AM, lazy("fastwsss.stages.c2am_cls", "run_c2am_cls"), batch_section="c2am",
+        Stage("global_cam", GLOBAL_CAM, lazy("fastwsss.stages.global_cam", "run_global_cam"), reads=("train_split",),
+              loads="RUNDIR/cls/ckpt.pt"),
+        Stage("c2am", C2AM, lazy("fastwsss.stages.c2am_cls", "run_c2am_cls"), batch_section="c2am", reads=("train_split",),
+              describe=_dry_run_row, weights=lazy("fastwsss.engine.run_checks", "cls_weights"),
               loss_label="C2AM fine-tune"),
     ),
     section="c2am",
