@@ -18,7 +18,16 @@ import pytest
 from typer.testing import CliRunner
 
 from fastwsss.cli import app
-from fastwsss.config import PRESETS, RunConfig, apply_options, config_from_dict, get_preset, parse_setting, validate
+from fastwsss.config import (
+    PRESETS,
+    DataConfig,
+    RunConfig,
+    apply_options,
+    config_from_dict,
+    get_preset,
+    parse_setting,
+    validate,
+)
 from fastwsss.engine.rundir import open_run_dir
 from fastwsss.errors import ConfigError
 from fastwsss.methods import METHODS, Method, ReportSection, get_method, register_method, unregister_method
@@ -116,6 +125,7 @@ class MethodContract:
         for name in method.stages:
             stage = get_stage(name)
             assert callable(stage.run) and (stage.batch_section is None or stage.batch_section in get_preset("tiny").to_dict())
+            assert set(stage.reads) <= {f.name for f in dataclasses.fields(DataConfig) if f.name.endswith(("_split", "_splits"))}
 
     @pytest.mark.parametrize("preset", list(PRESETS))
     def test_config_round_trips_through_config_json(self, method: Method, preset: str) -> None:
