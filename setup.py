@@ -20,6 +20,7 @@ packages = [
     "fastwsss.reporting",
     "fastwsss.stages",
     "fastwsss.commands",
+    "fastwsss.config",
     "fastwsss.kernels",
     "fastwsss.export",
 ]

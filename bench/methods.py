@@ -3,7 +3,7 @@
     python -m bench.methods train --out bench/runs/methods          # phase 1: train every run (resumable)
     python -m bench.methods score --out bench/runs/methods          # phase 2: score, write JSON, print table
 
-Settings (stated in the JSON): the `synthetic` preset at a reduced scale (BENCH_SCALE below) so that three
+Settings (stated in the JSON): the `synthetic` preset at a reduced scale (BENCH_SCALE in bench/methods_setup.py) so that three
 seeds of all three methods fit in about an hour on 2 CPU cores (two seeds side by side, one thread each), confounding strength context_prob 0.8,
 cooccur_prob 0.5, part_context_prob 0.8 (the preset's defaults). The `cam` baseline of a seed is round 0
 of that seed's CONTA run: the same stages, config and seed (CONTA round 0 is IRNet unchanged), so it is
@@ -18,28 +18,12 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 from bench.common import RESULTS_DIR, write_json
-from fastwsss.config import RunConfig, apply_options, get_preset, validate
+from bench.methods_score import score
+from bench.methods_setup import ABLATIONS, METHODS, bench_config, run_dir
+from fastwsss.config import apply_options, validate
 from fastwsss.engine.rundir import CLS, RunDir
-
-BENCH_SCALE: dict[str, Any] = {
-    "data.synth.num_train": 400,
-    "data.synth.num_val": 200,
-    "data.synth.num_debiased": 200,
-    "seg.epochs": 6,
-}
-METHODS = ("conta", "c2am")
-
-
-def bench_config(method: str, seed: int, rounds: int) -> RunConfig:
-    options = {**BENCH_SCALE, "seed": seed, "conta.rounds": rounds, "device": "cpu"}
-    return validate(apply_options(get_preset("synthetic", method), options))
-
-
-def run_dir(out: Path, method: str, seed: int) -> Path:
-    return out / f"{method}-seed{seed}"
 
 
 def train(out: Path, seeds: list[int], rounds: int, methods: tuple[str, ...] = METHODS) -> None:
@@ -55,26 +39,6 @@ def train(out: Path, seeds: list[int], rounds: int, methods: tuple[str, ...] = M
                 RunDir(path).save_config(config)
             print(f"== {method} seed {seed} -> {path}", flush=True)
             run_pipeline(config, out=path, resume=RunDir(path).config_path.is_file())
-
-
-PLACEMENT_STAGES = "confounder,cls,cam"
-ABLATIONS: dict[str, tuple[str, str, dict[str, Any], str | None]] = {
-    # name: (method, folder copied from the seed's run of that method, option changes, stages (None = all))
-    "c2am_plain": ("c2am", "cls", {"c2am.scale_logits": False}, None),
-    "conta_attlr100": ("conta", "rounds/0", {"conta.rounds": 1, "conta.attention_lr_mult": 100.0}, None),
-    **{
-        f"conta_{block}": ("conta", "rounds/0", {"conta.rounds": 1, "conta.extra_at": block}, PLACEMENT_STAGES)
-        for block in ("block2", "block3", "block4")
-    },
-}
-"""Controls run after the main benchmark. c2am_plain: the same fine-tune with plain logits (is C2AM's gain the
-scaling or the extra epochs?). conta_attlr100: round 1 with W1, W2 at 100x the head's lr (does a sharper
-attention make M image-specific?). Each starts from a finished stage of the seed's main run (copied, so
-it is not trained again); the copied stages do not depend on the changed settings. conta_block2..4: CONTA's
-placement ablation, M concatenated after block 2, 3 or 4 instead of block 5 (round 1, up to the CAM seeds:
-the question is whether M reaches the classifier, which the CAMs answer); the score phase
-reports for every CONTA round whether M reaches the logits through more than its spatial mean and how much
-gradient W1, W2 get (`placement` in the JSON)."""
 
 
 def ablate(out: Path, seeds: list[int], rounds: int, names: list[str]) -> None:
@@ -113,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "ablate":
         ablate(args.out, args.seeds, args.rounds, args.ablations)
         return 0
-    from bench.methods_score import score
-
     payload = score(args.out, args.seeds, args.rounds)
     write_json(args.json, payload)
     return 0

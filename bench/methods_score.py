@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from bench.common import print_table
+from bench.methods_setup import ABLATIONS, BENCH_SCALE, bench_config, run_dir
 from fastwsss.data import build_source
 from fastwsss.engine.rundir import CAMS, CLS, SEG, RunDir, open_run_dir, round_folder
 from fastwsss.models.deeplab import load_seg_model
@@ -105,8 +106,6 @@ def paired_differences(per_run: dict[str, dict[str, Any]], methods: list[str]) -
 
 
 def score(out: Path, seeds: list[int], rounds: int) -> dict[str, Any]:
-    from bench.methods import ABLATIONS, BENCH_SCALE, bench_config, run_dir
-
     per_run: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         conta = run_dir(out, "conta", seed)

@@ -1,17 +1,9 @@
 """cam_norm: ReLU, then divide each (image, class) map by its spatial maximum + eps (docs/algorithms.md section 2).
 
-Two ops live here, both dispatched by `kernel_backend`:
+relu(cams) / (max_{h,w} relu(cams) + eps) per (image, class), dispatched by `kernel_backend` (op "cam_norm").
 
-* `cam_norm` (op "cam_norm"): relu(cams) / (max_{h,w} relu(cams) + eps) per (image, class).
-* `cam_norm_seeds` (op "cam_norm_seeds"): the same normalisation fused with the seed argmax of
-  `fastwsss.algorithms.cam_inference.cam_seed_mask`: a constant background plane (= bg_threshold) in front of the K
-  class planes, argmax over the K + 1 planes with ties to the lower plane (a pixel exactly at the
-  threshold is background); label 0 is background and k + 1 is class plane k. The normalised maps are
-  never written to memory.
-
-Layout: `cam_norm_reference` / `cam_norm_seeds_reference` (pure torch, the specification), the Triton
-kernels (`_cam_norm_triton`, `_cam_norm_seeds_triton`, registered only when triton imports), and the
-public functions.
+Layout: `cam_norm_reference` (pure torch, the specification), the Triton kernels (`_cam_norm_triton`,
+registered only when triton imports), and the public function.
 
 Triton scheme. Planes are (b, k) maps of n = H * W pixels, read through the input strides (no copy for a
 cropped or otherwise non-contiguous view); all maths is fp32 whatever the input dtype (fp16, bf16, fp32 and
@@ -25,19 +17,16 @@ steps; ROWS, BLOCK and num_warps are fixed by a small heuristic on n, no autotun
   the partial maxima (P, C), a second one reduces the C partials of its planes and scales its chunk. On a
   GPU the two launches run per group of planes that fits in a third of the L2 (contiguous inputs), so the
   second read hits the cache: ~2N bytes from memory instead of 3N (target: 80% of copy bandwidth, docs/gpu.md).
-`cam_norm_seeds` always runs the partial-maxima launch, then one program per (image, pixel block) loops
-over the K planes, keeping the running best value and its plane index.
 NaN and inf follow the reference: a plane holding a NaN normalises to NaN (the maxima propagate NaN, which
-`tl.max` and `tl.maximum` drop by default), and the seed argmax takes the first NaN plane like torch.argmax.
+`tl.max` and `tl.maximum` drop by default).
 The output of `cam_norm` is contiguous (the reference keeps the input's memory format; values are equal).
-Empty inputs (a zero-size dimension) give empty outputs (all-background labels when K = 0) without a launch.
+Empty inputs (a zero-size dimension) give empty outputs without a launch.
 Under TRITON_INTERPRET=1 the fp32 -> bf16 store truncates instead of rounding to nearest (an interpreter
 limitation; on a GPU the cast rounds to nearest even like torch), so bf16 may differ by one ulp there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 
@@ -45,7 +34,7 @@ import torch
 
 from fastwsss.kernels.cuda_ext import cam_norm_cuda
 from fastwsss.kernels.dispatch import kernel_backend, register_backends
-from fastwsss.kernels.launch import l2_bytes, next_pow2, sm_count
+from fastwsss.kernels.launch import l2_bytes, next_pow2, on_device, pow2_block, sm_count
 
 try:  # triton is optional (Linux only): without it only the reference backends are registered.
     import triton
@@ -55,7 +44,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     tl = None
 
 OP = "cam_norm"
-OP_SEEDS = "cam_norm_seeds"
 
 
 def _check(cams: torch.Tensor) -> None:
@@ -74,23 +62,6 @@ def cam_norm_reference(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     x = cams.float().relu()
     peak = x.amax(dim=(2, 3), keepdim=True)
     return (x / (peak + eps)).to(cams.dtype)
-
-
-def cam_norm_seeds_reference(cams: torch.Tensor, bg_threshold: float, eps: float = 1e-5) -> torch.Tensor:
-    """(B, H, W) int64 seed labels: argmax over [background = bg_threshold, cam_norm(cams) planes].
-
-    The normalised values are compared in fp32 (not rounded to the input dtype), against bg_threshold
-    rounded to fp32. Ties go to the lower plane (background first), so a pixel exactly at the threshold
-    is background. Label 0 is background, k + 1 is class plane k.
-    """
-    _check(cams)
-    x = cams.float().relu()
-    peak = x.amax(dim=(2, 3), keepdim=True)
-    normed = x / (peak + eps)
-    batch, _, height, width = cams.shape
-    background = torch.full((batch, 1, height, width), float(bg_threshold), dtype=torch.float32, device=cams.device)
-    # torch.argmax returns the first maximal index: ties go to the lower plane.
-    return torch.cat([background, normed], dim=1).argmax(dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,54 +248,6 @@ if triton is not None:
             stride_b, stride_k, stride_h, stride_w, PLANE_CONTIGUOUS, ROWS, BLOCK,
         )  # fmt: skip
 
-    @triton.jit
-    def _cam_norm_seeds_kernel(
-        x_ptr,
-        partial_ptr,
-        labels_ptr,
-        n_pixels,
-        K,
-        W,
-        stride_b,
-        stride_k,
-        stride_h,
-        stride_w,
-        n_chunks,
-        eps,
-        bg_threshold,
-        PLANE_CONTIGUOUS: tl.constexpr,
-        BLOCK: tl.constexpr,
-        CHUNKS_BLOCK: tl.constexpr,
-    ):
-        """Grid (B, pixel blocks): labels = argmax over [bg_threshold, relu(x_k) / (max_k + eps)], ties low."""
-        b = tl.program_id(0)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        col_mask = cols < n_pixels
-        if PLANE_CONTIGUOUS:
-            col_off = cols.to(tl.int64)
-        else:
-            col_off = (cols // W).to(tl.int64) * stride_h + (cols % W).to(tl.int64) * stride_w
-        c = tl.arange(0, CHUNKS_BLOCK)
-        c_mask = c < n_chunks
-        best = tl.zeros([BLOCK], dtype=tl.float32) + bg_threshold
-        label = tl.zeros([BLOCK], dtype=tl.int32)
-        x_offs = b.to(tl.int64) * stride_b + col_off  # plane k of image b, advanced by stride_k per plane
-        partial_offs = b.to(tl.int64) * K * n_chunks + c  # partial maxima of plane (b, k)
-        for k in range(0, K):
-            partial = tl.load(partial_ptr + partial_offs, mask=c_mask, other=0.0)
-            denom = _nan_max(partial, 0) + eps
-            x = tl.load(x_ptr + x_offs, mask=col_mask, other=0.0).to(tl.float32)
-            value = tl.math.div_rn(tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL), tl.broadcast_to(denom, (BLOCK,)))
-            # Strictly greater: ties stay with the lower plane. NaN wins over numbers and the first NaN stays,
-            # as in torch.argmax (the reference).
-            better = (value > best) | ((value != value) & (best == best))
-            best = tl.where(better, value, best)
-            label = tl.where(better, k + 1, label)
-            x_offs += stride_k
-            partial_offs += n_chunks
-        tl.store(labels_ptr + b.to(tl.int64) * n_pixels + cols, label.to(tl.int64), mask=col_mask)
-
-
 def _plane_groups(n_planes: int, plane_bytes: int, budget_bytes: int) -> list[tuple[int, int]]:
     """Consecutive plane ranges of at most `budget_bytes` each (at least one plane), or one range without a budget.
 
@@ -346,7 +269,7 @@ def _target_programs(cams: torch.Tensor) -> int:
 
 def _plane_config(n_planes: int, n_pixels: int) -> tuple[int, int, int]:
     """(ROWS, BLOCK, num_warps) for tiles of ROWS planes x BLOCK pixels."""
-    block = min(max(next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
+    block = pow2_block(n_pixels, _MIN_BLOCK, _MAX_BLOCK)
     rows = max(1, min(_TILE // block, next_pow2(n_planes)))
     num_warps = 4 if rows * block <= 1024 else 8
     return rows, block, num_warps
@@ -389,11 +312,6 @@ def _partial_maxima(cams: torch.Tensor, n_chunks: int | None) -> tuple[torch.Ten
     return partial, chunk, n_chunks, rows, block, num_warps
 
 
-def _on_device(cams: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Launch on the tensor's GPU (Triton launches on the current device)."""
-    return torch.cuda.device(cams.device) if cams.is_cuda else contextlib.nullcontext()
-
-
 def _cam_norm_triton(
     cams: torch.Tensor, eps: float = 1e-5, *, n_chunks: int | None = None, group_bytes: int | None = None
 ) -> torch.Tensor:
@@ -406,7 +324,7 @@ def _cam_norm_triton(
     batch, k, h, w = cams.shape
     n_planes, n_pixels = batch * k, h * w
     k_, w_, sb, sk, sh, sw, contiguous = _launch_args(cams)
-    with _on_device(cams):
+    with on_device(cams):
         rows, block, num_warps = _plane_config(n_planes, n_pixels)
         tiles = math.ceil(n_planes / rows)
         wanted = n_chunks or _num_chunks(cams, tiles, n_pixels)
@@ -447,28 +365,6 @@ def _split_scale(cams: torch.Tensor, out: torch.Tensor, eps: float, n_chunks: in
     )  # fmt: skip
 
 
-def _cam_norm_seeds_triton(
-    cams: torch.Tensor, bg_threshold: float, eps: float = 1e-5, *, n_chunks: int | None = None
-) -> torch.Tensor:
-    """Triton `cam_norm_seeds` (see the module docstring); `n_chunks` forces the per-plane split (tests)."""
-    _check(cams)
-    batch, k, h, w = cams.shape
-    labels = torch.zeros((batch, h, w), dtype=torch.int64, device=cams.device)
-    if labels.numel() == 0 or k == 0:
-        return labels
-    n_pixels = h * w
-    k_, w_, sb, sk, sh, sw, contiguous = _launch_args(cams)
-    block = min(max(next_pow2(n_pixels), _MIN_BLOCK), _MAX_BLOCK)
-    with _on_device(cams):
-        partial, _, n_chunks, _, _, _ = _partial_maxima(cams, n_chunks)
-        _cam_norm_seeds_kernel[(batch, math.ceil(n_pixels / block))](
-            cams, partial, labels, n_pixels, k_, w_, sb, sk, sh, sw, n_chunks, float(eps), float(bg_threshold),
-            PLANE_CONTIGUOUS=contiguous, BLOCK=block, CHUNKS_BLOCK=max(2, next_pow2(n_chunks)),
-            num_warps=4 if block <= 512 else 8,
-        )  # fmt: skip
-    return labels
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Registration and public entry points
 # ----------------------------------------------------------------------------------------------------------
@@ -476,15 +372,10 @@ def _cam_norm_seeds_triton(
 _IMPLEMENTATIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "reference": cam_norm_reference,
 }
-_SEEDS_IMPLEMENTATIONS: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
-    "reference": cam_norm_seeds_reference,
-}
 if triton is not None:
     _IMPLEMENTATIONS["triton"] = _cam_norm_triton
-    _SEEDS_IMPLEMENTATIONS["triton"] = _cam_norm_seeds_triton
 _IMPLEMENTATIONS["cuda"] = cam_norm_cuda  # runs only where fastwsss._C is built (see kernels/dispatch.py)
 register_backends(OP, _IMPLEMENTATIONS)
-register_backends(OP_SEEDS, _SEEDS_IMPLEMENTATIONS)
 
 
 def cam_norm(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -492,8 +383,3 @@ def cam_norm(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     _check(cams)
     return _IMPLEMENTATIONS[kernel_backend(cams, OP)](cams, eps)
 
-
-def cam_norm_seeds(cams: torch.Tensor, bg_threshold: float, eps: float = 1e-5) -> torch.Tensor:
-    """Public entry point: same result as `cam_norm_seeds_reference`, on the backend `kernel_backend` picks."""
-    _check(cams)
-    return _SEEDS_IMPLEMENTATIONS[kernel_backend(cams, OP_SEEDS)](cams, bg_threshold, eps)

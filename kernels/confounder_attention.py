@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 
 from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends
-from fastwsss.kernels.launch import sm_count
+from fastwsss.kernels.launch import pow2_block, sm_count
 
 OP = "confounder_attention"
 
@@ -242,11 +242,6 @@ if _HAS_TRITON:
         tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & h_ok[None, :])
 
 
-def _block(size: int, low: int, high: int) -> int:
-    """The power of two >= size, clamped to [low, high] (tl.dot needs every tile side >= 16)."""
-    return max(low, min(high, 1 << max(0, int(size) - 1).bit_length()))
-
-
 def _interpreted(tensor: torch.Tensor) -> bool:
     """True when the kernels run in the Triton interpreter (CPU tensors, or TRITON_INTERPRET=1)."""
     return not tensor.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
@@ -261,12 +256,12 @@ def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.zeros(rows, cols, dtype=torch.float32, device=a.device)
     if _interpreted(a):
         # Few, large programs: the interpreter costs ~1 ms per program instance, not per element.
-        block_r, block_n, block_hw, num_warps = _block(rows, 16, 128), _block(cols, 16, 128), _block(hw, 16, 1024), 4
+        block_r, block_n, block_hw, num_warps = pow2_block(rows, 16, 128), pow2_block(cols, 16, 128), pow2_block(hw, 16, 1024), 4
         target = 4
     else:
         # fp32 FMA dots hold both operand tiles in registers: these tiles and warp counts compile for sm_90 with
         # <= 168 registers and no spills (ptxas -v, triton 3.8).
-        block_r, block_n, block_hw = _block(rows, 16, 64), _block(cols, 16, 64), 32
+        block_r, block_n, block_hw = pow2_block(rows, 16, 64), pow2_block(cols, 16, 64), 32
         num_warps = 8 if block_r * block_n >= 2048 else 4
         target = 2 * sm_count(a.device)  # about two programs per SM, split over the hw axis
     tiles = triton.cdiv(rows, block_r) * triton.cdiv(cols, block_n)
@@ -320,11 +315,11 @@ def _mix(
     if inner == 0 and not has_second:
         return y.zero_()
     if _interpreted(x):
-        block_r, block_k, block_hw = _block(rows, 16, 128), _block(widest, 16, 128), _block(hw, 16, 1024)
+        block_r, block_k, block_hw = pow2_block(rows, 16, 128), pow2_block(widest, 16, 128), pow2_block(hw, 16, 1024)
         num_warps = 4
     else:
         # As in `_gram`: <= 128 registers, no spills on sm_90 for these tiles.
-        block_r, block_k = _block(rows, 16, 64), 16
+        block_r, block_k = pow2_block(rows, 16, 64), 16
         block_hw = 128 if block_r <= 32 else 64
         num_warps = 8 if block_r * block_hw >= 4096 else 4
     grid = (triton.cdiv(hw, block_hw), triton.cdiv(rows, block_r))

@@ -31,7 +31,7 @@ ENV_VAR = "FASTWSSS_KERNELS"
 TABLE_ENV_VAR = "FASTWSSS_KERNEL_TABLE"
 BACKENDS = ("reference", "triton", "cuda")
 PREFERENCE = ("cuda", "triton", "reference")
-OPS = ("cam_norm", "cam_norm_seeds", "confounder_attention", "random_walk")
+OPS = ("cam_norm", "confounder_attention", "random_walk")
 TABLE_PATH = Path(__file__).with_name("preference.json")
 
 _REGISTRY: dict[str, tuple[str, ...]] = {}

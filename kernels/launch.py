@@ -1,7 +1,8 @@
-"""Launch-size helpers shared by the Triton ops: block sizes and the GPU's shape."""
+"""Launch helpers shared by the Triton ops: block sizes, the GPU's shape and the device to launch on."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -10,6 +11,16 @@ import torch
 def next_pow2(value: int) -> int:
     """The smallest power of two >= value (1 for value <= 1): Triton block sizes must be powers of two."""
     return 1 << max(0, int(value) - 1).bit_length()
+
+
+def pow2_block(size: int, low: int, high: int) -> int:
+    """`next_pow2(size)` clamped to [low, high] (tl.dot needs every tile side >= 16)."""
+    return max(low, min(high, next_pow2(size)))
+
+
+def on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch on the tensor's GPU (Triton launches on the current device); nothing for a CPU tensor."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def _index(device: torch.device | int | None) -> int:

@@ -17,7 +17,6 @@ asks `kernel_backend` which one runs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from fastwsss.algorithms.affinity import (
 )
 from fastwsss.kernels.cuda_ext import random_walk_steps_cuda
 from fastwsss.kernels.dispatch import forced_backend, kernel_backend, register_backends, triton_runs_on
-from fastwsss.kernels.launch import next_pow2
+from fastwsss.kernels.launch import next_pow2, on_device, pow2_block
 
 OP = "random_walk"
 DENSE_MAX_PIXELS = 4096
@@ -393,10 +392,6 @@ def _require_triton() -> None:
         raise RuntimeError("the triton backend of random_walk needs triton, which is not installed")
 
 
-def _device_context(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def _transition_taps_triton(edge: torch.Tensor, beta: float, radius: int) -> tuple[Offsets, torch.Tensor]:
     """Kernel 1: `transition_taps` in one Triton launch, with its (offsets, weights) contract and layout.
@@ -419,8 +414,8 @@ def _transition_taps_triton(edge: torch.Tensor, beta: float, radius: int) -> tup
     flat_dirs, flat_paths, path_len = _direction_tables(radius, width + 2 * pad)
     n = height * width
     block_d = next_pow2(max(1, len(directions)))
-    block_p = max(16, min(next_pow2(n), TAPS_TILE // block_d))
-    with _device_context(padded):
+    block_p = pow2_block(n, 16, TAPS_TILE // block_d)
+    with on_device(padded):
         _taps_kernel[(triton.cdiv(n, block_p), batch)](
             padded,
             _device_table((float(beta),), dtype, edge.device),
@@ -462,10 +457,10 @@ def _apply_taps_triton(
     table = _int_table([dy * padded_width + dx for dy, dx in offsets], x.device)
     n = height * width
     block_k = min(STEP_BLOCK_K, next_pow2(classes))
-    block_p = max(16, min(STEP_BLOCK_P, next_pow2(n)))
+    block_p = pow2_block(n, 16, STEP_BLOCK_P)
     grid = (triton.cdiv(n, block_p), triton.cdiv(classes, block_k), batch)
     src, dst = buffers
-    with _device_context(x):
+    with on_device(x):
         for _ in range(steps):
             _step_kernel[grid](
                 src,

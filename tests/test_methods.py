@@ -175,14 +175,12 @@ def test_context_leakage_counts_hot_mass_on_context() -> None:
 
 
 def test_optimizer_groups_take_their_multipliers() -> None:
-    from types import SimpleNamespace
-
-    from fastwsss.stages.cls import make_optimizer, with_multipliers
+    from fastwsss.engine.training import sgd_optimizer, with_multipliers
 
     net = CAMNet("resnet18_quarter", 3, extra_channels=1, freeze_bn=False, detach_early=False)
     model = ContextClassifier(net, ConfounderAttention(torch.rand(3, 16)), attention_lr_mult=30.0)
-    ctx = SimpleNamespace(config=get_preset("tiny"))
-    optimizer = make_optimizer(with_multipliers(model.param_groups(), 10.0), 0.01, ctx)
+    optimizer = sgd_optimizer(with_multipliers(model.param_groups(), 10.0), 0.01, 0.9, 1e-4)
     assert [g["initial_lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.1, 0.3])
-    plain = make_optimizer(with_multipliers(ContextClassifier(net, model.attention).param_groups(), 10.0), 0.01, ctx)
+    assert [(g["momentum"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.9, 1e-4)] * 3
+    plain = sgd_optimizer(with_multipliers(ContextClassifier(net, model.attention).param_groups(), 10.0), 0.01, 0.9, 1e-4)
     assert [g["lr"] for g in plain.param_groups] == pytest.approx([0.01, 0.1, 0.1])

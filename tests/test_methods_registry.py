@@ -9,6 +9,7 @@ test subclass it needs, and it trains the toy end to end through the CLI.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -17,21 +18,44 @@ import pytest
 from typer.testing import CliRunner
 
 from fastwsss.cli import app
-from fastwsss.config import PRESETS, config_from_dict, get_preset, validate
+from fastwsss.config import (
+    PRESETS,
+    DataConfig,
+    RunConfig,
+    apply_options,
+    config_from_dict,
+    get_preset,
+    parse_setting,
+    validate,
+)
 from fastwsss.engine.rundir import open_run_dir
 from fastwsss.errors import ConfigError
 from fastwsss.methods import METHODS, Method, ReportSection, get_method, register_method, unregister_method
+from fastwsss.methods.base import Need
 from fastwsss.stages import BASELINE, Stage, all_stages, get_stage, plan
 from fastwsss.stages.context import StageContext
 
 runner = CliRunner()
 
 
+@dataclasses.dataclass
+class ToyConfig:
+    """The toy's settings section `toy`."""
+
+    key: str = "cams"
+    """The key under which the stage writes its count."""
+
+
+def check_toy(config: RunConfig, need: Need) -> None:
+    """The toy's range check: a key is a plain name."""
+    need(re.fullmatch(r"[a-z_]+", config.toy.key) is not None, "toy.key", f"a lower-case name, got {config.toy.key!r}")
+
+
 def run_cam_count(ctx: StageContext) -> None:
-    """The toy's stage: count this run's CAM files into cam_count/count.json."""
+    """The toy's stage: count this run's CAM files into cam_count/count.json, under the key `toy.key`."""
     count = sum(1 for _ in ctx.run.cams_dir.rglob("*.npz"))
     folder = ctx.run.stage_dir("cam_count")
-    (folder / "count.json").write_text(json.dumps({"cams": count}))
+    (folder / "count.json").write_text(json.dumps({ctx.config.toy.key: count}))
     ctx.run.mark_done("cam_count", {"cams": count})
 
 
@@ -46,6 +70,10 @@ TOY = Method(
     stages=("cls", "cam", "cam_count", "ir_label", "irn", "pseudo", "seg", "eval"),
     added_stages=(Stage("cam_count", "cam_count", run_cam_count),),
     report_sections=(ReportSection("cam-count", "CAM files", cam_count_section),),
+    section="toy",
+    settings=ToyConfig,
+    preset_settings={"tiny": functools.partial(ToyConfig, key="tiny_cams")},
+    check=check_toy,
 )
 
 
@@ -97,6 +125,7 @@ class MethodContract:
         for name in method.stages:
             stage = get_stage(name)
             assert callable(stage.run) and (stage.batch_section is None or stage.batch_section in get_preset("tiny").to_dict())
+            assert set(stage.reads) <= {f.name for f in dataclasses.fields(DataConfig) if f.name.endswith(("_split", "_splits"))}
 
     @pytest.mark.parametrize("preset", list(PRESETS))
     def test_config_round_trips_through_config_json(self, method: Method, preset: str) -> None:
@@ -111,9 +140,11 @@ class MethodContract:
             assert method.round_count(config) is not None and method.round_count(config) >= 0
 
     def test_validation_errors_name_the_method_settings(self, method: Method) -> None:
+        assert (method.section is None) == (method.settings is None)
         if method.section is None:
-            assert method.check is None
+            assert method.check is None and not method.preset_settings
             return
+        assert isinstance(get_preset("voc", "cam").sections[method.section], method.settings)
         config = get_preset("tiny", method.name)
         section = getattr(config, method.section)
         messages = []
@@ -161,16 +192,35 @@ class TestToyMethod(MethodContract):
         finally:
             unregister_method(TOY.name)
 
+    def test_its_settings_section_is_set_read_and_checked_like_a_generic_one(self, method: Method, tmp_path) -> None:
+        config = get_preset("tiny", "toy")
+        assert config.toy == ToyConfig(key="tiny_cams") and get_preset("synthetic", "cam").toy == ToyConfig()
+        assert parse_setting(config, "toy.key=cam_files") == ("toy.key", "cam_files")
+        changed = apply_options(config, {"toy.key": "cam_files"})
+        assert changed.toy.key == "cam_files" and changed.cls == config.cls
+        assert changed.to_dict()["toy"] == {"key": "cam_files"}
+        assert config_from_dict(json.loads(json.dumps(changed.to_dict()))) == changed
+        with pytest.raises(ConfigError, match="^toy.key: a lower-case name"):
+            validate(apply_options(config, {"toy.key": "Bad Key"}))
+        with pytest.raises(ConfigError, match="unknown name 'nope' in toy; valid: key"):
+            parse_setting(config, "toy.nope=1")
+        bad = runner.invoke(app, ["train", "--preset", "tiny", "--method", "toy", "--dry-run", "--set", "toy.key=Bad Key",
+                                  "--out", str(tmp_path / "run")])
+        assert bad.exit_code != 0 and "toy.key" in bad.output
+        shown = runner.invoke(app, ["presets", "tiny", "--method", "toy"])
+        assert "toy.key" in shown.output and "tiny_cams" in shown.output
+
     @pytest.mark.slow
     def test_trains_end_to_end_through_the_cli(self, method: Method, tmp_path, monkeypatch) -> None:
         monkeypatch.chdir(tmp_path)
-        small = ["--set", "data.synth.num_train=40", "--set", "data.synth.num_val=8", "--set", "data.synth.num_debiased=8",
+        small = ["--set", "toy.key=cam_files", "--set", "data.synth.num_train=40", "--set", "data.synth.num_val=8", "--set", "data.synth.num_debiased=8",
                  "--set", "cam.scales=1.0", "--set", "irn.epochs=1", "--set", "seg.epochs=1"]
         result = runner.invoke(app, ["train", "--preset", "tiny", "--method", "toy", "--out", "run", "--seed", "0",
                                      "--epochs", "2", *small])
         assert result.exit_code == 0, result.output
         run = open_run_dir(tmp_path / "run")
-        count = json.loads((run.path / "cam_count" / "count.json").read_text())["cams"]
+        assert run.load_config().toy.key == "cam_files"
+        count = json.loads((run.path / "cam_count" / "count.json").read_text())["cam_files"]
         assert count == 40 and run.is_done("cam_count")
         assert {r["stage"] for r in run.metrics()} >= {"cls", "cam", "pseudo", "seg"}
         assert runner.invoke(app, ["eval", "run"]).exit_code == 0

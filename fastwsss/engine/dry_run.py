@@ -1,5 +1,7 @@
 """`fastwsss train --dry-run`: every stage the run would execute, with its split, image count, optimiser steps,
 batch size, lr schedule and the weights it would load, computed from the settings and the split lists alone.
+Each stage's declaration (fastwsss.stages.Stage) gives its row: `describe` for a training stage, else the
+split it reads and what it loads.
 
 Nothing is trained, generated or written: the synthetic set's sizes come from its settings, a real data
 set's from its list files. A missing list or weights file shows in its row instead of stopping the listing.
@@ -10,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastwsss.config import RunConfig
+from fastwsss.config import DataConfig, RunConfig
 from fastwsss.errors import FastwsssError, one_line
-from fastwsss.stages import plan_for
+from fastwsss.stages import Stage, plan_for
 
 
 @dataclass
@@ -46,54 +48,66 @@ def _file(path: str | None, setting: str) -> str:
     return path if Path(path).is_file() else f"{path} (MISSING)"
 
 
-def _steps(images: int | None, batch: int, epochs: int) -> int | None:
+def steps(images: int | None, batch: int, epochs: int) -> int | None:
+    """Optimiser steps of `epochs` passes over `images` in batches of `batch` (None when the count is unknown)."""
     return None if not images else (images // min(batch, images)) * epochs
 
 
-def _poly(lr: float, head_mult: float, momentum: float, decay: float, every: int = 1) -> str:
+def poly_schedule(lr: float, head_mult: float, momentum: float, decay: float, every: int = 1) -> str:
+    """The lr column of a training stage's row."""
     stepped = "" if every == 1 else f", stepped every {every}"
     return f"poly 0.9 from {lr:g} (head x{head_mult:g}){stepped}; momentum {momentum:g}, wd {decay:g}"
 
 
-def _row(config: RunConfig, name: str, images: dict[str, int | None]) -> PlannedRow:
-    d, c, n, g, m = config.data, config.cls, config.irn, config.seg, config.c2am
-    cam = images[d.cam_split]
-    if name == "cls":
-        return PlannedRow(name, d.train_split, images[d.train_split], _steps(images[d.train_split], c.batch_size, c.epochs),
-                          str(c.batch_size), _poly(c.lr, c.head_lr_mult, c.momentum, c.weight_decay),
-                          _file(c.weights, "cls.weights"))
-    if name == "c2am":
-        stride = m.output_stride or c.output_stride
-        return PlannedRow(name, d.train_split, images[d.train_split], _steps(images[d.train_split], m.batch_size, m.epochs),
-                          str(m.batch_size), _poly(m.lr, m.head_lr_mult, c.momentum, c.weight_decay) + f"; stride {stride}",
-                          "RUNDIR/cls/ckpt.pt")
-    if name == "irn":
-        source = _file(n.weights, "irn.weights") if n.backbone_from == "imagenet" else "classifier backbone (RUNDIR/cls)"
-        return PlannedRow(name, d.cam_split, cam, _steps(cam, n.batch_size, n.epochs), str(n.batch_size),
-                          _poly(n.lr, 1.0, n.momentum, n.weight_decay), source)
-    if name == "seg":
-        steps = g.iterations or _steps(cam, g.batch_size, g.epochs)
-        batch = f"{g.batch_size}" + (f" ({g.iter_size} x {g.batch_size // g.iter_size})" if g.iter_size > 1 else "")
-        return PlannedRow(name, f"{d.cam_split} (pseudo masks)", cam, steps, batch,
-                          _poly(g.lr, g.head_lr_mult, g.momentum, g.weight_decay, g.lr_step), _file(g.weights, "seg.weights"))
-    split = {"global_cam": d.train_split, "eval": d.eval_split or d.cam_split}.get(name, d.cam_split)
-    loads = {"cam": "RUNDIR classifier", "global_cam": "RUNDIR/cls/ckpt.pt", "pseudo": "RUNDIR/irn/ckpt.pt",
-             "confounder": "previous round's seg"}.get(name, "-")
-    return PlannedRow(name, split, images[split], None, "-", "-", loads)
+def split_names(data: DataConfig, key: str) -> list[str]:
+    """The splits the `config.data` setting `key` names (`eval_split` empty = `cam_split`; `test_splits` a list)."""
+    value = getattr(data, key)
+    if key == "eval_split":
+        return [value or data.cam_split]
+    return list(value) if isinstance(value, tuple) else [value]
+
+
+def cls_row(config: RunConfig, images: dict[str, int | None]) -> PlannedRow:
+    c, split = config.cls, config.data.train_split
+    return PlannedRow("cls", split, images[split], steps(images[split], c.batch_size, c.epochs), str(c.batch_size),
+                      poly_schedule(c.lr, c.head_lr_mult, c.momentum, c.weight_decay), _file(c.weights, "cls.weights"))
+
+
+def irn_row(config: RunConfig, images: dict[str, int | None]) -> PlannedRow:
+    n, split = config.irn, config.data.cam_split
+    source = _file(n.weights, "irn.weights") if n.backbone_from == "imagenet" else "classifier backbone (RUNDIR/cls)"
+    return PlannedRow("irn", split, images[split], steps(images[split], n.batch_size, n.epochs), str(n.batch_size),
+                      poly_schedule(n.lr, 1.0, n.momentum, n.weight_decay), source)
+
+
+def seg_row(config: RunConfig, images: dict[str, int | None]) -> PlannedRow:
+    g, split = config.seg, config.data.cam_split
+    count = g.iterations or steps(images[split], g.batch_size, g.epochs)
+    batch = f"{g.batch_size}" + (f" ({g.iter_size} x {g.batch_size // g.iter_size})" if g.iter_size > 1 else "")
+    return PlannedRow("seg", f"{split} (pseudo masks)", images[split], count, batch,
+                      poly_schedule(g.lr, g.head_lr_mult, g.momentum, g.weight_decay, g.lr_step), _file(g.weights, "seg.weights"))
+
+
+def _row(config: RunConfig, stage: Stage, images: dict[str, int | None]) -> PlannedRow:
+    """The stage's own row (`Stage.describe`), else its split and what it loads."""
+    if stage.describe is not None:
+        return stage.describe(config, images)
+    split = split_names(config.data, stage.reads[0])[0] if stage.reads else config.data.cam_split
+    return PlannedRow(stage.name, split, images.get(split), None, "-", "-", stage.loads)
 
 
 def dry_run_rows(config: RunConfig, stages: str | None = None) -> tuple[list[tuple[str, PlannedRow]], list[str]]:
     """(label, row) for every stage of the run in order (the label names the round), and one line per
     split whose list cannot be read."""
-    d = config.data
-    splits = sorted({d.train_split, d.cam_split, d.val_split, d.eval_split or d.cam_split})
+    splits = sorted({name for planned in plan_for(config) for key in planned.stage.reads if key != "test_splits"
+                     for name in split_names(config.data, key)})
     sizes = {split: split_size(config, split) for split in splits}
     problems = [f"split {split}: {size}" for split, size in sizes.items() if isinstance(size, str)]
     images = {split: size if isinstance(size, int) else None for split, size in sizes.items()}
     rows = []
     for planned in plan_for(config, stages):
         label = planned.stage.name if planned.round is None else f"round {planned.round}: {planned.stage.name}"
-        rows.append((label, _row(config, planned.stage.name, images)))
+        rows.append((label, _row(config, planned.stage, images)))
     return rows, problems
 
 

@@ -14,13 +14,20 @@ from pathlib import Path
 
 from fastwsss.config import RunConfig
 from fastwsss.errors import ConfigError, FastwsssError
+from fastwsss.stages import get_stage
 
-SPLIT_USERS: dict[str, tuple[str, ...]] = {
-    "train_split": ("cls", "global_cam", "c2am", "confounder"),
-    "cam_split": ("cam", "ir_label", "irn", "pseudo", "seg", "eval", "confounder"),
-    "val_split": ("seg",),
-}
-"""Which stages read which split of `config.data` (seg also reads `test_splits`)."""
+
+def cls_weights(config: RunConfig) -> tuple[str, str, str | None]:
+    """The classifier's ImageNet backbone (the cls stage; the c2am fine-tune starts from the same classifier)."""
+    return "cls.weights", config.cls.backbone, config.cls.weights
+
+
+def irn_weights(config: RunConfig) -> tuple[str, str, str | None] | None:
+    return ("irn.weights", config.irn.backbone, config.irn.weights) if config.irn.backbone_from == "imagenet" else None
+
+
+def seg_weights(config: RunConfig) -> tuple[str, str, str | None] | None:
+    return ("seg.weights", config.seg.backbone, config.seg.weights) if config.seg.model == "deeplabv2" else None
 
 
 def check_device(config: RunConfig) -> None:
@@ -39,14 +46,13 @@ def check_device(config: RunConfig) -> None:
 
 
 def check_data(config: RunConfig, stage_names: list[str]) -> None:
-    """Every split the stages read exists and lists valid ids; the cls_labels file is readable."""
+    """Every split the stages read (`Stage.reads`) exists and lists valid ids; the cls_labels file is readable."""
     from fastwsss.data import build_source
     from fastwsss.data.synthetic import SPLITS
+    from fastwsss.engine.dry_run import split_names
 
     data = config.data
-    splits = [getattr(data, key) for key, users in SPLIT_USERS.items() if set(users) & set(stage_names)]
-    if "seg" in stage_names:
-        splits += list(data.test_splits)
+    splits = [name for stage in map(get_stage, stage_names) for key in stage.reads for name in split_names(data, key)]
     if data.name == "synthetic" and data.root is None:  # generated on first use: check the names only
         for split in splits:
             if split not in SPLITS:
@@ -67,21 +73,17 @@ def check_data(config: RunConfig, stage_names: list[str]) -> None:
 
 
 def check_weights(config: RunConfig, stage_names: list[str]) -> None:
-    """ImageNet weights named by the settings load into the backbones the stages build."""
+    """ImageNet weights named by the settings load into the backbones the stages build (`Stage.weights`)."""
     from fastwsss.models.backbone import build_backbone
 
-    wanted = [("cls", config.cls.backbone, config.cls.weights, ("cls", "c2am"))]
-    if config.irn.backbone_from == "imagenet":
-        wanted.append(("irn", config.irn.backbone, config.irn.weights, ("irn",)))
-    if config.seg.model == "deeplabv2":
-        wanted.append(("seg", config.seg.backbone, config.seg.weights, ("seg",)))
-    for section, backbone, weights, users in wanted:
-        if weights is None or not set(users) & set(stage_names):
+    wanted = [stage.weights(config) for stage in map(get_stage, stage_names) if stage.weights is not None]
+    for setting, backbone, weights in dict.fromkeys(w for w in wanted if w is not None):
+        if weights is None:
             continue
         try:
             build_backbone(backbone, 16, weights)
         except FastwsssError as exc:
-            raise ConfigError(f"{section}.weights: {exc}") from None
+            raise ConfigError(f"{setting}: {exc}") from None
 
 
 def check_new_run(config: RunConfig, stage_names: list[str]) -> None:

@@ -65,6 +65,21 @@ class SkipUnreadable(Dataset):
         raise DataError(f"{self.stage}: none of the {size} training images could be read")
 
 
+def sgd_optimizer(groups: list[dict[str, Any]], lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD over parameter groups, each at lr x its "lr_mult" (default 1); `initial_lr` is the poly schedule's base.
+
+    The one optimizer of the training stages: cls, c2am (with the classifier's momentum and weight decay)
+    and irn (one group, the boundary head)."""
+    groups = [{**g, "lr": lr * g.get("lr_mult", 1.0), "initial_lr": lr * g.get("lr_mult", 1.0)} for g in groups]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def with_multipliers(groups: list[dict[str, Any]], head_lr_mult: float) -> list[dict[str, Any]]:
+    """[backbone, head, ...] groups with the head's multiplier set (later groups keep theirs, else the head's)."""
+    backbone, head, *rest = groups
+    return [backbone, {**head, "lr_mult": head_lr_mult}, *({"lr_mult": head_lr_mult, **g} for g in rest)]
+
+
 def poly_lr(base_lr: float, step: int, max_step: int, power: float = 0.9) -> float:
     return base_lr * (1.0 - step / max_step) ** power
 

@@ -81,7 +81,13 @@ class Method:
     added_stages: tuple[Stage, ...] = ()
     """Stages this method brings beside the generic ones (fastwsss.stages)."""
     section: str | None = None
-    """Attribute of RunConfig holding the method's settings (a dataclass), or None."""
+    """Name of the method's settings section: `config.<section>`, `--set <section>.NAME=...`, the top-level
+    key of config.json; None for a method without settings."""
+    settings: type | None = None
+    """The section's dataclass, its defaults the method's released values (with `section`)."""
+    preset_settings: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
+    """Preset name -> the section's values in that preset, for every run whatever its method (the small
+    presets' schedules); a preset not named here gets `settings()`."""
     preset_changes: Mapping[str, Callable[[RunConfig], RunConfig]] = field(default_factory=dict)
     """Preset name -> the settings the method changes in that preset (C2AM's released VOC thresholds)."""
     check: Callable[[RunConfig, Need], None] | None = None
@@ -95,6 +101,13 @@ class Method:
     classifier_input: Callable[[StageContext], ClassifierInput | None] | None = None
     cam_input: Callable[[StageContext], ExtraMap | None] | None = None
     report_sections: tuple[ReportSection, ...] = ()
+
+    def section_settings(self, preset: str | None = None) -> Any:
+        """The settings section's values in `preset` (its defaults for None or a preset without its own)."""
+        if self.settings is None:
+            raise ValueError(f"method {self.name} has no settings section")
+        make = self.preset_settings.get(preset) if preset is not None else None
+        return (make or self.settings)()
 
     def round_count(self, config: RunConfig) -> int | None:
         """Rounds after round 0 in `config`, or None for a single-pass method."""

@@ -8,13 +8,18 @@
 Validation and CAM inference use the plain logits; only the fine-tuning loss sees the scaled ones.
 
 The module ends with `METHOD`, C2AM's declaration for the method registry (fastwsss.methods.base): its
-stages global_cam and c2am (fastwsss/stages/global_cam.py, c2am_cls.py), its section `c2am`, its changes to
+stages global_cam and c2am (fastwsss/stages/global_cam.py, c2am_cls.py), its settings section `c2am`
+(`C2AMConfig`), its changes to
 the released presets and the fine-tuned classifier that the later stages read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +27,44 @@ import torch.nn.functional as F
 
 from fastwsss.config import MAX_BATCH, MAX_EPOCHS, MAX_SIDE, RunConfig
 from fastwsss.engine.rundir import C2AM, GLOBAL_CAM
+from fastwsss.errors import CheckpointError
 from fastwsss.methods.base import Method, Need, ReportSection
 from fastwsss.stages import Stage, lazy
+
+
+@dataclass
+class C2AMConfig:
+    """C2AM's front-door adjustment (docs/algorithms.md section 6); defaults are the released schedule.
+
+    `global_size`: side of the global CAM G; `by_class`: average each class over the images that contain it
+    instead of over all images (absent classes count as zero in the default); `gamma` scales
+    M_c = gamma * mean(G_c). The fine-tune starts from the baseline classifier with BatchNorm in train mode
+    and every layer trainable (`freeze_bn` False), as the released code does. `scale_logits` False is the
+    ablation control: the same fine-tune with plain logits (M_c = 1), which separates C2AM's effect from that
+    of the extra epochs.
+    """
+
+    global_size: int = 128
+    by_class: bool = False
+    gamma: float = 1.0
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 5e-4
+    head_lr_mult: float = 10.0
+    freeze_bn: bool = False
+    scale_logits: bool = True
+    output_stride: int = 0
+    """Output stride of the fine-tune (C2AM: torchvision's 32); 0 = the classifier's. The saved classifier
+    keeps the classifier's stride for CAM inference."""
+    freeze_stem: bool = False
+    """Freeze conv1 and bn1's affine parameters during the fine-tune (C2AM's Net.train)."""
+
+
+def _small_c2am(**changes: Any) -> C2AMConfig:
+    """C2AM fine-tune for the CPU presets: a tenth of the from-scratch classifier lr, as the released schedule
+    is a small fraction of its baseline's (5e-4 vs 0.1)."""
+    base = C2AMConfig(global_size=64, epochs=3, batch_size=32, lr=0.005, head_lr_mult=10.0)
+    return dataclasses.replace(base, **changes)
 
 
 def resize_to_global(cams: np.ndarray, size: int) -> np.ndarray:
@@ -78,6 +119,13 @@ def logit_constants(global_cam: np.ndarray | torch.Tensor, gamma: float = 1.0) -
     return gamma * g.mean(dim=(1, 2))
 
 
+def load_global_cam(path: Path) -> np.ndarray:
+    """G as the global_cam stage wrote it (`RunDir.global_cam_file`); CheckpointError when it is missing."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: global CAM not found (run the global_cam stage first)")
+    return np.load(path, allow_pickle=False)
+
+
 def scaled_logits(logits: torch.Tensor, constants: torch.Tensor) -> torch.Tensor:
     """s_c * M_c for a (B, K) batch of logits and the (K,) constants."""
     if logits.dim() != 2 or constants.shape != (logits.shape[1],):
@@ -120,6 +168,17 @@ def _check(config: RunConfig, need: Need) -> None:
     need(m.output_stride in (0, 8, 16, 32), "c2am.output_stride", f"0 (the classifier's), 8, 16 or 32, got {m.output_stride}")
 
 
+def _dry_run_row(config: RunConfig, images: dict[str, int | None]) -> Any:
+    """The c2am stage's `--dry-run` row: the fine-tune's schedule (the classifier's momentum and weight decay)."""
+    from fastwsss.engine.dry_run import PlannedRow, poly_schedule, steps
+
+    c, m, split = config.cls, config.c2am, config.data.train_split
+    stride = m.output_stride or c.output_stride
+    return PlannedRow("c2am", split, images[split], steps(images[split], m.batch_size, m.epochs), str(m.batch_size),
+                      poly_schedule(m.lr, m.head_lr_mult, c.momentum, c.weight_decay) + f"; stride {stride}",
+                      "RUNDIR/cls/ckpt.pt")
+
+
 def _sources(preset: str) -> dict[str, str]:
     from fastwsss.engine.provenance import C2AM_SOURCES
 
@@ -132,11 +191,15 @@ METHOD = Method(
     links=("https://github.com/yiping-wang/c2am",),
     stages=("cls", "global_cam", "c2am", "cam", "ir_label", "irn", "pseudo", "seg", "eval"),
     added_stages=(
-        Stage("global_cam", GLOBAL_CAM, lazy("fastwsss.stages.global_cam", "run_global_cam")),
-        Stage("c2am", C2AM, lazy("fastwsss.stages.c2am_cls", "run_c2am_cls"), batch_section="c2am",
+        Stage("global_cam", GLOBAL_CAM, lazy("fastwsss.stages.global_cam", "run_global_cam"), reads=("train_split",),
+              loads="RUNDIR/cls/ckpt.pt"),
+        Stage("c2am", C2AM, lazy("fastwsss.stages.c2am_cls", "run_c2am_cls"), batch_section="c2am", reads=("train_split",),
+              describe=_dry_run_row, weights=lazy("fastwsss.engine.run_checks", "cls_weights"),
               loss_label="C2AM fine-tune"),
     ),
     section="c2am",
+    settings=C2AMConfig,
+    preset_settings={"tiny": partial(_small_c2am, epochs=2), "synthetic": _small_c2am},
     preset_changes={"voc": _voc_c2am, "coco": _released_c2am},
     check=_check,
     sources=_sources,

@@ -21,6 +21,8 @@ stage confounder (fastwsss/stages/confounder.py, which also holds the classifier
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,24 @@ class MaskTable:
             return cls([str(i) for i in data["ids"]], data["maps"])
 
 
+@dataclass
+class ContaConfig:
+    """CONTA's context adjustment (docs/algorithms.md section 7).
+
+    `rounds`: CONTA rounds after the baseline round 0 (the paper's best is 3); `extra_at`: where M_t is
+    concatenated (block5 = after layer4, the paper's choice; block2..block4; dense = all four);
+    `mask_size`: side of the grid of the confounder set C and of X_m (hw = mask_size^2); `mask_source`:
+    seg (the paper's choice) or pseudo (its Q4 ablation); `attention_lr_mult`: lr of W1, W2 as a multiple of
+    the classifier head's (the paper does not say; 1 = trained like the head).
+    """
+
+    rounds: int = 3
+    extra_at: str = "block5"
+    mask_size: int = 64
+    mask_source: str = "seg"
+    attention_lr_mult: float = 1.0
+
+
 CONTA_EXTRA_AT = ("block2", "block3", "block4", "block5", "dense")
 """Where M_t may be concatenated (`conta.extra_at`): after block 2..5 (ResNet numbering) or all four."""
 
@@ -192,8 +212,11 @@ METHOD = Method(
     description="backdoor adjustment: the classifier also sees the context prior M_t, over --rounds",
     links=("https://arxiv.org/abs/2009.12547", "https://github.com/dongzhang89/CONTA"),
     stages=("confounder", *BASELINE),
-    added_stages=(Stage("confounder", CONFOUNDER, lazy("fastwsss.stages.confounder", "run_confounder")),),
+    added_stages=(Stage("confounder", CONFOUNDER, lazy("fastwsss.stages.confounder", "run_confounder"),
+                        reads=("cam_split", "train_split"), loads="previous round's seg"),),
     section="conta",
+    settings=ContaConfig,
+    preset_settings={"tiny": partial(ContaConfig, mask_size=16), "synthetic": partial(ContaConfig, mask_size=32)},
     check=_check,
     sources=_sources,
     rounds="conta.rounds",

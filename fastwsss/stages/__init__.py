@@ -40,27 +40,44 @@ class Stage:
     """The config section whose `batch_size` DistributedDataParallel splits over the ranks (training stages)."""
     loss_label: str | None = None
     """Title of the stage's loss curve in `fastwsss report` (training stages)."""
+    reads: tuple[str, ...] = ("cam_split",)
+    """The `config.data` settings naming the splits the stage reads (`train_split`, `cam_split`, `val_split`,
+    `eval_split`, `test_splits`); the first is the split of its `--dry-run` row, and all are checked before
+    a new run starts (fastwsss.engine.run_checks)."""
+    loads: str = "-"
+    """What the stage loads, for its `--dry-run` row ("RUNDIR/irn/ckpt.pt")."""
+    describe: Callable[..., Any] | None = None
+    """(config, images per split) -> the stage's `--dry-run` row (fastwsss.engine.dry_run.PlannedRow) with its
+    steps, batch, lr schedule and weights (training stages); None = the row from `reads` and `loads`."""
+    weights: Callable[[Any], tuple[str, str, str | None] | None] | None = None
+    """config -> (setting, backbone, ImageNet weights file) of the backbone the stage builds, or None;
+    checked before a new run starts (fastwsss.engine.run_checks)."""
 
 
 def lazy(module: str, function: str) -> Callable[[Any], Any]:
     """`module.function`, imported on the first call: declaring a stage (or a method's report section)
     does not import its dependencies."""
 
-    def call(arg: Any) -> Any:
-        return getattr(importlib.import_module(module), function)(arg)
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(module), function)(*args)
 
     call.__qualname__ = f"{module}.{function}"
     return call
 
 
 GENERIC_STAGES = (
-    Stage("cls", CLS, lazy("fastwsss.stages.cls", "run_cls"), batch_section="cls", loss_label="classifier"),
-    Stage("cam", CAMS, lazy("fastwsss.stages.cam", "run_cam")),
+    Stage("cls", CLS, lazy("fastwsss.stages.cls", "run_cls"), batch_section="cls", loss_label="classifier",
+          reads=("train_split",), describe=lazy("fastwsss.engine.dry_run", "cls_row"),
+          weights=lazy("fastwsss.engine.run_checks", "cls_weights")),
+    Stage("cam", CAMS, lazy("fastwsss.stages.cam", "run_cam"), loads="RUNDIR classifier"),
     Stage("ir_label", IR_LABELS, lazy("fastwsss.stages.ir_label", "run_ir_label")),
-    Stage("irn", IRN, lazy("fastwsss.stages.irn", "run_irn"), batch_section="irn", loss_label="IRN (inter-pixel relations)"),
-    Stage("pseudo", PSEUDO, lazy("fastwsss.stages.pseudo", "run_pseudo")),
-    Stage("seg", SEG, lazy("fastwsss.stages.seg", "run_seg"), batch_section="seg"),
-    Stage("eval", "", lazy("fastwsss.stages.evaluate", "run_eval")),
+    Stage("irn", IRN, lazy("fastwsss.stages.irn", "run_irn"), batch_section="irn", loss_label="IRN (inter-pixel relations)",
+          describe=lazy("fastwsss.engine.dry_run", "irn_row"), weights=lazy("fastwsss.engine.run_checks", "irn_weights")),
+    Stage("pseudo", PSEUDO, lazy("fastwsss.stages.pseudo", "run_pseudo"), loads="RUNDIR/irn/ckpt.pt"),
+    Stage("seg", SEG, lazy("fastwsss.stages.seg", "run_seg"), batch_section="seg",
+          reads=("cam_split", "val_split", "test_splits"), describe=lazy("fastwsss.engine.dry_run", "seg_row"),
+          weights=lazy("fastwsss.engine.run_checks", "seg_weights")),
+    Stage("eval", "", lazy("fastwsss.stages.evaluate", "run_eval"), reads=("eval_split", "cam_split")),
 )
 BASELINE = tuple(stage.name for stage in GENERIC_STAGES)
 """The IRNet pipeline: the stage order of the baseline method `cam`."""

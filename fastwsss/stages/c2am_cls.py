@@ -19,12 +19,10 @@ from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.engine.distributed import is_main
 from fastwsss.engine.rundir import C2AM, CLS
-from fastwsss.engine.training import TrainJob, run_epochs
-from fastwsss.methods.c2am import c2am_loss, logit_constants
+from fastwsss.engine.training import TrainJob, run_epochs, sgd_optimizer, with_multipliers
+from fastwsss.methods.c2am import c2am_loss, load_global_cam, logit_constants
 from fastwsss.models.cam_net import CAMNet, load_cam_net, save_checkpoint
-from fastwsss.stages.cls import make_optimizer, with_multipliers
 from fastwsss.stages.context import StageContext
-from fastwsss.stages.global_cam import load_global_cam
 
 STAGE = FOLDER = C2AM
 
@@ -43,7 +41,7 @@ def run_c2am_cls(ctx: StageContext) -> None:
         for module in (model.backbone.stage1.conv1, model.backbone.stage1.bn1):
             module.requires_grad_(False)
     model.to(ctx.device)
-    constants = logit_constants(load_global_cam(ctx), m.gamma).to(ctx.device)
+    constants = logit_constants(load_global_cam(ctx.run.global_cam_file), m.gamma).to(ctx.device)
     if not m.scale_logits:  # the ablation control: same schedule, plain logits
         constants = torch.ones_like(constants)
     dataset = ClassificationDataset(source, cfg.cls.resize_long, cfg.cls.crop, seed=cfg.seed, augment=True)
@@ -53,7 +51,8 @@ def run_c2am_cls(ctx: StageContext) -> None:
 
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
-        optimizer=make_optimizer(with_multipliers(model.param_groups(), m.head_lr_mult), m.lr, ctx), dataset=dataset, epochs=m.epochs,
+        optimizer=sgd_optimizer(with_multipliers(model.param_groups(), m.head_lr_mult), m.lr, cfg.cls.momentum,
+                                cfg.cls.weight_decay), dataset=dataset, epochs=m.epochs,
         batch_size=m.batch_size, last_path=ctx.run.last_checkpoint(STAGE), compute_loss=loss, hint="lower c2am.lr or check the global CAM",
     )
     steps = run_epochs(ctx, job)

@@ -11,8 +11,6 @@ extra input is the only thing that differs.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +19,7 @@ from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.engine.distributed import is_main
 from fastwsss.engine.rundir import CLS
-from fastwsss.engine.training import TrainJob, run_epochs
+from fastwsss.engine.training import TrainJob, run_epochs, sgd_optimizer, with_multipliers
 from fastwsss.engine.weights import weights_record
 from fastwsss.methods import ClassifierInput, get_method
 from fastwsss.models.cam_net import CAMNet, save_checkpoint
@@ -52,19 +50,6 @@ def build_classifier(ctx: StageContext, num_classes: int, extra: ClassifierInput
     )
 
 
-def make_optimizer(groups: list[dict[str, Any]], lr: float, ctx: StageContext) -> torch.optim.SGD:
-    """SGD over parameter groups, each at lr x its "lr_mult" (default 1); `initial_lr` drives the poly schedule."""
-    c = ctx.config.cls
-    groups = [{**g, "lr": lr * g.get("lr_mult", 1.0), "initial_lr": lr * g.get("lr_mult", 1.0)} for g in groups]
-    return torch.optim.SGD(groups, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
-
-
-def with_multipliers(groups: list[dict[str, Any]], head_lr_mult: float) -> list[dict[str, Any]]:
-    """[backbone, head, ...] groups with the head's multiplier set (later groups keep theirs, else the head's)."""
-    backbone, head, *rest = groups
-    return [backbone, {**head, "lr_mult": head_lr_mult}, *({"lr_mult": head_lr_mult, **g} for g in rest)]
-
-
 def run_cls(ctx: StageContext) -> None:
     cfg = ctx.config
     c = cfg.cls
@@ -88,7 +73,7 @@ def run_cls(ctx: StageContext) -> None:
 
     job = TrainJob(
         stage=STAGE, metric_stage=STAGE, split=cfg.data.train_split, model=model,
-        optimizer=make_optimizer(with_multipliers(model.param_groups(), c.head_lr_mult), c.lr, ctx), dataset=dataset, epochs=c.epochs,
+        optimizer=sgd_optimizer(with_multipliers(model.param_groups(), c.head_lr_mult), c.lr, c.momentum, c.weight_decay), dataset=dataset, epochs=c.epochs,
         batch_size=c.batch_size, last_path=ctx.run.last_checkpoint(STAGE), compute_loss=loss, hint="lower cls.lr (--lr) or check the data",
     )
     steps = run_epochs(ctx, job)

@@ -16,20 +16,13 @@ from fastwsss.engine.distributed import is_main, shard, sum_array
 from fastwsss.engine.files import atomic_path, write_json
 from fastwsss.engine.progress import track, warn
 from fastwsss.engine.rundir import CLS, GLOBAL_CAM
-from fastwsss.errors import CheckpointError, DataError
+from fastwsss.errors import DataError
 from fastwsss.methods.c2am import GlobalCamAccumulator, logit_constants
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.reporting.visual import heatmap_sheet
 from fastwsss.stages.context import StageContext
 
 FOLDER = GLOBAL_CAM
-
-
-def load_global_cam(ctx: StageContext) -> np.ndarray:
-    path = ctx.run.global_cam_file
-    if not path.is_file():
-        raise CheckpointError(f"{path}: global CAM not found (run the global_cam stage first)")
-    return np.load(path, allow_pickle=False)
 
 
 def run_global_cam(ctx: StageContext) -> None:

@@ -29,7 +29,7 @@ from fastwsss.data.transforms import apply_crop, hflip, resize_long_mask
 from fastwsss.engine.distributed import global_batch_mean, is_main
 from fastwsss.engine.progress import warn
 from fastwsss.engine.rundir import IR_LABELS, IRN, id_file
-from fastwsss.engine.training import TrainJob, run_epochs
+from fastwsss.engine.training import TrainJob, run_epochs, sgd_optimizer
 from fastwsss.engine.weights import weights_record
 from fastwsss.errors import ConfigError, DataError
 from fastwsss.models.irn import BoundaryNet, save_irn_checkpoint
@@ -120,10 +120,7 @@ def run_irn(ctx: StageContext) -> None:
     ids = labelled_ids(source, label_dir)
     dataset = IRLabelDataset(source, label_dir, ids, n.resize_long, n.crop, seed=cfg.seed, scale_range=n.scale_range)
     model = build_boundary_net(ctx).to(ctx.device)
-    optimizer = torch.optim.SGD(
-        [{"params": list(model.head_parameters()), "lr": n.lr, "initial_lr": n.lr}],
-        lr=n.lr, momentum=n.momentum, weight_decay=n.weight_decay,
-    )
+    optimizer = sgd_optimizer([{"params": list(model.head_parameters())}], n.lr, n.momentum, n.weight_decay)
     window = n.pairs == "pathindex"
 
     def loss(forward: torch.nn.Module, sample: dict) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""cam_norm and cam_norm_seeds against their references and a direct loop, the Triton kernels under
+"""cam_norm against its reference and a direct loop, the Triton kernels under
 TRITON_INTERPRET=1 (tests/conftest.py), backend dispatch through FASTWSSS_KERNELS."""
 
 from __future__ import annotations
@@ -6,15 +6,13 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-import numpy as np
 import pytest
 import torch
 
-from fastwsss.algorithms.cam_inference import cam_seed_mask
 from fastwsss.errors import ConfigError
 from fastwsss.kernels import cam_norm as cam_norm_module
 from fastwsss.kernels import dispatch
-from fastwsss.kernels.cam_norm import cam_norm, cam_norm_reference, cam_norm_seeds, cam_norm_seeds_reference
+from fastwsss.kernels.cam_norm import cam_norm, cam_norm_reference
 from fastwsss.kernels.dispatch import kernel_backend, register_backends, registered_backends
 
 # Output tolerance per dtype, relative to values in [0, 1]: one rounding of the fp32 result to the dtype.
@@ -110,9 +108,7 @@ class TestDispatch:
     def test_default_on_cpu_is_reference(self) -> None:
         expected = ("reference", "triton") if HAS_TRITON else ("reference",)
         assert registered_backends("cam_norm") == (*expected, "cuda")
-        assert registered_backends("cam_norm_seeds") == expected
         assert kernel_backend(torch.zeros(1), "cam_norm") == "reference"
-        assert kernel_backend(torch.zeros(1), "cam_norm_seeds") == "reference"
 
     def test_forcing_reference_works(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("FASTWSSS_KERNELS", "reference")
@@ -131,8 +127,6 @@ class TestDispatch:
             kernel_backend(torch.zeros(1), op_all)
         with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=cuda.*cam_norm.*not a CUDA device"):
             cam_norm(torch.rand(1, 1, 2, 2))
-        with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=cuda.*no cuda implementation"):
-            cam_norm_seeds(torch.rand(1, 1, 2, 2), 0.3)
 
     def test_forcing_triton_needs_interpreter_on_cpu(self, monkeypatch: pytest.MonkeyPatch, op_all: str) -> None:
         monkeypatch.setenv("FASTWSSS_KERNELS", "triton")
@@ -229,117 +223,19 @@ class TestCamNormTriton:
             cam_norm_module._cam_norm_triton(torch.ones(1, 1, 2, 2, dtype=torch.int64), 1e-5)
 
 
-def seed_mask_loop(cams: torch.Tensor, bg_threshold: float, eps: float = 1e-5) -> torch.Tensor:
-    """cam_seed_mask (the numpy seed argmax of cam_inference) on fp32 cam_norm maps, with keys = 0..K-1."""
-    normed = cam_norm_reference(cams.float(), eps)
-    keys = np.arange(cams.shape[1], dtype=np.int64)
-    masks = [cam_seed_mask(normed[b].numpy(), keys, bg_threshold).astype(np.int64) for b in range(cams.shape[0])]
-    return torch.from_numpy(np.stack(masks))
-
-
-def tie_cams() -> tuple[torch.Tensor, float, float, torch.Tensor]:
-    """(cams, bg_threshold, eps, expected labels) with exact ties: every plane's max + eps is 2.0."""
-    eps = 0.25
-    # Normalised values are cams / 2 (exact in every dtype). Plane 0 and 1 peak at 1.75 -> 0.875.
-    plane0 = torch.tensor([[1.75, 1.0, 1.0, 1.5, 0.5, -1.0, 1.25, 0.0]])
-    plane1 = torch.tensor([[1.75, 0.5, 1.5, 1.5, 0.5, -2.0, 1.75, 0.0]])
-    plane2 = torch.full((1, 8), -1.0)  # all negative: zeros after the normalisation
-    cams = torch.stack([plane0, plane1, plane2]).unsqueeze(0)
-    bg = 0.5
-    # pixel 0: 0.875 = 0.875 > bg -> class plane 0 (tie between classes goes low); 1: 0.5 = bg -> background;
-    # 2: 0.75 > 0.5 = bg -> plane 1; 3: 0.75 = 0.75 -> plane 0; 4: all 0.25 -> background; 5: 0 -> background;
-    # 6: 0.625 < 0.875 -> plane 1; 7: 0 -> background.
-    expected = torch.tensor([[[1, 0, 2, 1, 0, 0, 2, 0]]])
-    return cams, bg, eps, expected
-
-
-class TestCamNormSeedsReference:
-    @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 7, 5), (1, 20, 13, 17), (3, 80, 3, 5), (1, 2, 45, 47)])
-    @pytest.mark.parametrize("bg_threshold", [0.0, 0.3, 0.99])
-    def test_matches_cam_seed_mask(self, shape: tuple[int, int, int, int], bg_threshold: float) -> None:
-        cams = random_cams(shape, torch.float32)
-        labels = cam_norm_seeds_reference(cams, bg_threshold)
-        assert labels.dtype == torch.int64 and labels.shape == (shape[0], *shape[2:])
-        torch.testing.assert_close(labels, seed_mask_loop(cams, bg_threshold), rtol=0, atol=0)
-
-    def test_exact_ties(self) -> None:
-        cams, bg, eps, expected = tie_cams()
-        torch.testing.assert_close(cam_norm_seeds_reference(cams, bg, eps), expected, rtol=0, atol=0)
-        torch.testing.assert_close(seed_mask_loop(cams, bg, eps), expected, rtol=0, atol=0)
-
-    def test_public_function_on_cpu_is_the_reference(self) -> None:
-        cams = random_cams((2, 3, 5, 6), torch.float32)
-        torch.testing.assert_close(cam_norm_seeds(cams, 0.3), cam_norm_seeds_reference(cams, 0.3), rtol=0, atol=0)
-        with pytest.raises(ValueError, match=r"\(B, K, H, W\)"):
-            cam_norm_seeds(torch.rand(3, 4, 5), 0.3)
-
-
-@requires_triton
-class TestCamNormSeedsTriton:
-    @pytest.mark.parametrize("shape", TRITON_SHAPES)
-    @pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
-    def test_matches_reference(self, shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
-        cams = random_cams(shape, dtype)
-        labels = cam_norm_module._cam_norm_seeds_triton(cams, 0.3, 1e-5)
-        assert labels.dtype == torch.int64 and labels.shape == (shape[0], *shape[2:])
-        torch.testing.assert_close(labels, cam_norm_seeds_reference(cams, 0.3, 1e-5), rtol=0, atol=0)
-        if dtype == torch.float32:
-            torch.testing.assert_close(labels, seed_mask_loop(cams, 0.3), rtol=0, atol=0)
-
-    @pytest.mark.parametrize("n_chunks", [2, 3, 40])
-    def test_split_planes_match_reference(self, n_chunks: int) -> None:
-        cams = random_cams((2, 3, 45, 47), torch.float32)
-        labels = cam_norm_module._cam_norm_seeds_triton(cams, 0.2, 1e-5, n_chunks=n_chunks)
-        torch.testing.assert_close(labels, cam_norm_seeds_reference(cams, 0.2, 1e-5), rtol=0, atol=0)
-
-    @pytest.mark.parametrize("view", range(5))
-    def test_noncontiguous_input(self, view: int) -> None:
-        cams = noncontiguous_views()[view]
-        labels = cam_norm_module._cam_norm_seeds_triton(cams, 0.2, 1e-5)
-        torch.testing.assert_close(labels, cam_norm_seeds_reference(cams, 0.2, 1e-5), rtol=0, atol=0)
-
-    @pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
-    @pytest.mark.parametrize("n_chunks", [None, 2])
-    def test_exact_ties(self, dtype: torch.dtype, n_chunks: int | None) -> None:
-        cams, bg, eps, expected = tie_cams()
-        labels = cam_norm_module._cam_norm_seeds_triton(cams.to(dtype), bg, eps, n_chunks=n_chunks)
-        torch.testing.assert_close(labels, expected, rtol=0, atol=0)
-
-    def test_threshold_extremes_and_negative_planes(self) -> None:
-        cams = torch.stack([-torch.rand(4, 5) - 0.1, torch.zeros(4, 5), -torch.rand(4, 5)]).unsqueeze(0)
-        # Every normalised value is 0: at threshold 0 all pixels tie with the background and stay background;
-        # below 0 the first class plane wins the tie among the classes; above every value all is background.
-        for bg, label in ((0.0, 0), (-1.0, 1), (1.0, 0)):
-            labels = cam_norm_module._cam_norm_seeds_triton(cams, bg, 1e-5)
-            assert (labels == label).all()
-            torch.testing.assert_close(labels, cam_norm_seeds_reference(cams, bg, 1e-5), rtol=0, atol=0)
-
-    @pytest.mark.parametrize("shape", [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5)])
-    def test_empty_input(self, shape: tuple[int, int, int, int]) -> None:
-        labels = cam_norm_module._cam_norm_seeds_triton(torch.rand(shape), 0.3, 1e-5)
-        assert labels.shape == (shape[0], *shape[2:]) and labels.dtype == torch.int64
-        assert (labels == 0).all()
-
-
 @requires_triton
 class TestTritonDispatch:
     @pytest.fixture
     def spies(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         """Count calls of the Triton implementations behind the public functions."""
-        calls = {"cam_norm": 0, "cam_norm_seeds": 0}
+        calls = {"cam_norm": 0}
         triton_norm = cam_norm_module._IMPLEMENTATIONS["triton"]
-        triton_seeds = cam_norm_module._SEEDS_IMPLEMENTATIONS["triton"]
 
         def norm_spy(*args: object) -> torch.Tensor:
             calls["cam_norm"] += 1
             return triton_norm(*args)
 
-        def seeds_spy(*args: object) -> torch.Tensor:
-            calls["cam_norm_seeds"] += 1
-            return triton_seeds(*args)
-
         monkeypatch.setitem(cam_norm_module._IMPLEMENTATIONS, "triton", norm_spy)
-        monkeypatch.setitem(cam_norm_module._SEEDS_IMPLEMENTATIONS, "triton", seeds_spy)
         return calls
 
     def test_forced_triton_runs_the_kernels_on_cpu(self, monkeypatch: pytest.MonkeyPatch, spies: dict) -> None:
@@ -348,23 +244,19 @@ class TestTritonDispatch:
         cams = random_cams((2, 3, 7, 9), torch.float32)
         assert kernel_backend(cams, "cam_norm") == "triton"
         torch.testing.assert_close(cam_norm(cams), cam_norm_reference(cams), rtol=0, atol=1e-6)
-        torch.testing.assert_close(cam_norm_seeds(cams, 0.3), cam_norm_seeds_reference(cams, 0.3), rtol=0, atol=0)
-        assert spies == {"cam_norm": 1, "cam_norm_seeds": 1}
+        assert spies == {"cam_norm": 1}
 
     def test_default_on_cpu_does_not_run_triton(self, monkeypatch: pytest.MonkeyPatch, spies: dict) -> None:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         cams = random_cams((1, 2, 3, 4), torch.float32)
         cam_norm(cams)
-        cam_norm_seeds(cams, 0.3)
-        assert spies == {"cam_norm": 0, "cam_norm_seeds": 0}
+        assert spies == {"cam_norm": 0}
 
     def test_forced_triton_without_interpreter_errors(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("FASTWSSS_KERNELS", "triton")
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=triton.*cam_norm.*TRITON_INTERPRET=1"):
             cam_norm(torch.rand(1, 1, 2, 2))
-        with pytest.raises(RuntimeError, match="FASTWSSS_KERNELS=triton.*cam_norm_seeds.*TRITON_INTERPRET=1"):
-            cam_norm_seeds(torch.rand(1, 1, 2, 2), 0.3)
 
 
 def test_module_imports_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,9 +268,8 @@ def test_module_imports_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.triton is None
-    assert set(module._IMPLEMENTATIONS) == {"reference", "cuda"} and set(module._SEEDS_IMPLEMENTATIONS) == {"reference"}
+    assert set(module._IMPLEMENTATIONS) == {"reference", "cuda"}
     assert registered_backends("cam_norm") == ("reference", "cuda")
-    assert registered_backends("cam_norm_seeds") == ("reference",)
     cams = random_cams((1, 2, 3, 4), torch.float32)
     torch.testing.assert_close(module.cam_norm(cams), cam_norm_reference(cams))
 
@@ -393,8 +284,8 @@ def _with_nans(dtype: torch.dtype) -> torch.Tensor:
 
 @requires_triton
 class TestNanSemantics:
-    """The kernels treat NaN and inf like the reference: a plane holding a NaN becomes NaN; argmax takes the
-    first NaN plane, as torch.argmax does (tl.maximum and tl.max drop NaN unless told not to)."""
+    """The kernels treat NaN and inf like the reference: a plane holding a NaN becomes NaN (tl.maximum and
+    tl.max drop NaN unless told not to)."""
 
     @pytest.mark.parametrize("n_chunks", [None, 3])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -405,15 +296,6 @@ class TestNanSemantics:
         got = cam_norm_module._cam_norm_triton(cams, 1e-5, n_chunks=n_chunks)
         torch.testing.assert_close(got, want, rtol=0, atol=TRITON_TOLERANCE[dtype], equal_nan=True)
         assert torch.equal(got.isnan(), want.isnan())
-
-    @pytest.mark.parametrize("n_chunks", [None, 3])
-    def test_cam_norm_seeds(self, n_chunks: int | None) -> None:
-        cams = _with_nans(torch.float32)
-        cams[1, 0, 0, 0] = float("nan")  # image 1: planes 0 (NaN) and 2 (inf)
-        want = cam_norm_seeds_reference(cams, 0.3)
-        assert (want[0] == 2).all() and (want[1] == 1).all()
-        assert torch.equal(cam_norm_module._cam_norm_seeds_triton(cams, 0.3, n_chunks=n_chunks), want)
-
 
 def test_plane_groups_fit_the_budget() -> None:
     assert cam_norm_module._plane_groups(10, 100, 0) == [(0, 10)]  # no budget (the CPU): one group

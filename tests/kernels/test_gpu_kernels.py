@@ -24,7 +24,7 @@ import torch
 from fastwsss.kernels import cam_norm as cam_norm_module
 from fastwsss.kernels import confounder_attention as ca_module
 from fastwsss.kernels import random_walk as rw_module
-from fastwsss.kernels.cam_norm import cam_norm, cam_norm_reference, cam_norm_seeds, cam_norm_seeds_reference
+from fastwsss.kernels.cam_norm import cam_norm, cam_norm_reference
 from fastwsss.kernels.confounder_attention import confounder_attention, confounder_attention_reference
 from fastwsss.kernels.dispatch import _cuda_extension_loaded, kernel_backend, preference, registered_backends
 from fastwsss.kernels.random_walk import random_walk, random_walk_reference, random_walk_reference_dense
@@ -71,7 +71,7 @@ def _no_forced_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# cam_norm and cam_norm_seeds
+# cam_norm
 # ----------------------------------------------------------------------------------------------------------------
 
 CAM_SHAPES = [
@@ -122,17 +122,6 @@ def test_cam_norm(backend: str, shape: tuple[int, int, int, int], dtype: torch.d
     check_cam_norm(op(cams.to(DEVICE), 1e-5), cams)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=_name)
-@pytest.mark.parametrize("shape", CAM_SHAPES, ids=_name)
-def test_cam_norm_seeds_triton(shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
-    """Labels equal the reference's exactly: the normalised values are the same IEEE fp32 numbers."""
-    op = require(cam_norm_module._SEEDS_IMPLEMENTATIONS, "triton")
-    cams = random_cams(shape, dtype)
-    labels = op(cams.to(DEVICE), 0.3, 1e-5)
-    assert labels.dtype == torch.int64 and labels.shape == (shape[0], *shape[2:])
-    torch.testing.assert_close(labels.cpu(), cam_norm_seeds_reference(cams, 0.3, 1e-5), rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("view", ["crop", "transpose", "channels_last"])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_cam_norm_noncontiguous_views(backend: str, view: str) -> None:
@@ -145,9 +134,6 @@ def test_cam_norm_noncontiguous_views(backend: str, view: str) -> None:
         "channels_last": base[:, :, :20, :30].contiguous(memory_format=torch.channels_last),
     }[view]
     check_cam_norm(op(cams, 1e-5), cams.cpu())
-    if backend == "triton":
-        seeds = require(cam_norm_module._SEEDS_IMPLEMENTATIONS, "triton")(cams, 0.3, 1e-5)
-        torch.testing.assert_close(seeds.cpu(), cam_norm_seeds_reference(cams.cpu(), 0.3, 1e-5), rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,7 +322,6 @@ def test_random_walk_equals_the_dense_walk(backend: str) -> None:
 
 OPS = {
     "cam_norm": cam_norm_module._IMPLEMENTATIONS,
-    "cam_norm_seeds": cam_norm_module._SEEDS_IMPLEMENTATIONS,
     "confounder_attention": ca_module._IMPLEMENTATIONS,
     "random_walk": rw_module._IMPLEMENTATIONS,
 }
@@ -357,8 +342,6 @@ def test_public_functions_match_the_references_on_cuda() -> None:
         pytest.skip(INTERPRETED)
     cams = random_cams((3, 20, 45, 47), torch.float32)
     check_cam_norm(cam_norm(cams.to(DEVICE)), cams)
-    labels = cam_norm_seeds(cams.to(DEVICE), 0.3)
-    torch.testing.assert_close(labels.cpu(), cam_norm_seeds_reference(cams, 0.3), rtol=0, atol=0)
 
     prior = torch.softmax(torch.linspace(-2.0, 3.0, 20), dim=0)
     check_ca(confounder_attention, (3, 20, 4096), torch.float32, prior)

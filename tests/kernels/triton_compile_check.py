@@ -32,9 +32,6 @@ compile_kernel(cn._cam_norm_fused_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32",
 compile_kernel(cn._partial_max_kernel, {"x_ptr": "*fp16", "partial_ptr": "*fp32"}, plane)
 compile_kernel(cn._cam_norm_scale_kernel,
                {"x_ptr": "*bf16", "partial_ptr": "*fp32", "out_ptr": "*bf16", "eps": "fp32"}, {**plane, "CHUNKS_BLOCK": 4})
-compile_kernel(cn._cam_norm_seeds_kernel,
-               {"x_ptr": "*fp32", "partial_ptr": "*fp32", "labels_ptr": "*i64", "eps": "fp32", "bg_threshold": "fp32"},
-               {"PLANE_CONTIGUOUS": True, "BLOCK": 1024, "CHUNKS_BLOCK": 4})  # fmt: skip
 compile_kernel(rw._taps_kernel,
                {"edge_ptr": "*fp32", "beta_ptr": "*fp32", "dir_ptr": "*i32", "path_ptr": "*i32", "w_ptr": "*fp32"},
                {"N_DIRS": 34, "PATH_LEN": 5, "BLOCK_D": 64, "BLOCK_P": 64})  # fmt: skip
