@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from typing import Any
 
 from fastwsss.algorithms.thresholds import THRESHOLD_RULES
 from fastwsss.config.presets import PRESETS
 from fastwsss.config.schema import RunConfig, method_section_types
 from fastwsss.config.types import check_types
+from fastwsss.engine.device import check_device_name
 from fastwsss.errors import ConfigError
 
 DATASET_NAMES = ("synthetic", "voc", "coco")
@@ -145,7 +145,7 @@ def validate(config: RunConfig) -> RunConfig:
          f"classifier needs seg.backbone = cls.backbone, got {g.backbone!r} and {config.cls.backbone!r}")
     e = config.eval
     need(0 < e.cam_bg_threshold < 1, "eval.cam_bg_threshold", f"must be in (0, 1), got {e.cam_bg_threshold}")
-    need(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", config.device) is not None, "device", f"auto, cpu or cuda[:N], got {config.device!r}")
+    check_device_name(config.device)
     return config
 
 

@@ -8,10 +8,12 @@ same name means the same device everywhere and a bad one is the same one-line er
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from fastwsss.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_DEVICE = "auto"
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N")
@@ -35,7 +37,11 @@ def requested_device(name: str | None) -> str | None:
 
 
 def resolve_device(name: str | None = DEFAULT_DEVICE) -> torch.device:
-    """The torch device for `name` (None means auto); a CUDA device this machine lacks is a ConfigError."""
+    """The torch device for `name` (None means auto); a CUDA device this machine lacks is a ConfigError.
+
+    torch is imported here, not at the top, so that the settings checks can use the vocabulary cheaply."""
+    import torch
+
     name = check_device_name(name or DEFAULT_DEVICE)
     if name == DEFAULT_DEVICE:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
