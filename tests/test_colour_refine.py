@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fastwsss.algorithms.colour_refine import refine_maps
+from fastwsss.algorithms.seg_inference import predict_mask
 from fastwsss.config import get_preset, validate
 from fastwsss.errors import ConfigError
 from fastwsss.stages.pseudo import walk_to_mask
-from fastwsss.stages.seg import predict_mask
 
 
 def refine_maps_reference(maps: np.ndarray, image: np.ndarray, iterations: int, dilations: tuple[int, ...],

@@ -17,6 +17,7 @@ from fastwsss.algorithms.affinity import half_disc_directions
 from fastwsss.algorithms.irn_pairs import downsample_labels, pair_masks
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.data.synthetic import SyntheticSource, generate_synthetic
+from fastwsss.engine.training import sgd_optimizer
 from fastwsss.models.cam_net import CAMNet
 from fastwsss.models.deeplab import build_seg_model
 from fastwsss.models.irn import BoundaryNet, grid_size
@@ -133,7 +134,7 @@ def test_nearest_labels_match_pil_nearest() -> None:
 
 def test_deeplab_parameter_groups_and_frozen_batchnorm() -> None:
     model = build_seg_model("deeplabv2", "resnet18_quarter", 5).freeze_batchnorm()
-    groups = {g["name"]: g for g in deeplab_param_groups(model, 2.5e-4, 10.0, 5e-4)}
+    groups = {g["name"]: g for g in sgd_optimizer(deeplab_param_groups(model, 10.0, 5e-4), 2.5e-4, 0.9, 5e-4).param_groups}
     convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
     assert {id(p) for p in groups["backbone"]["params"]} == {id(c.weight) for c in convs}
     assert {id(p) for p in groups["head"]["params"]} == {id(b.weight) for b in model.head.branches}

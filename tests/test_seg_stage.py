@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fastwsss.algorithms.seg_inference import predict_mask
 from fastwsss.config import RunConfig, SegConfig, SynthConfig, get_preset
 from fastwsss.data import build_source
 from fastwsss.engine.rundir import RunDir, create_or_resume
@@ -19,7 +20,7 @@ from fastwsss.errors import FastwsssError
 from fastwsss.models.deeplab import load_seg_model
 from fastwsss.stages import seg as seg_stage
 from fastwsss.stages.context import StageContext
-from fastwsss.stages.seg import PseudoMaskSource, ScaledSegmentationDataset, predict_mask, run_seg
+from fastwsss.stages.seg import PseudoMaskSource, ScaledSegmentationDataset, run_seg
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 4  # 16 train images, batch 4

@@ -58,13 +58,14 @@ def nearest_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return labels[..., rows.to(labels.device)[:, None], cols.to(labels.device)[None, :]]
 
 
-def deeplab_param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict[str, Any]]:
-    """The released three groups (see the module docstring), each with `lr`, `initial_lr` and `weight_decay`."""
+def deeplab_param_groups(model: nn.Module, head_lr_mult: float, weight_decay: float) -> list[dict[str, Any]]:
+    """The released three groups (see the module docstring), each with its `lr_mult` and `weight_decay`
+    (for `fastwsss.engine.training.sgd_optimizer`)."""
     backbone = [p for m in model.backbone.modules() if isinstance(m, nn.Conv2d) for p in m.parameters() if p.requires_grad]
     head = [p for p in model.head.parameters() if p.requires_grad]
     weights = [p for p in head if p.dim() > 1]
     biases = [p for p in head if p.dim() <= 1]
-    groups = [("backbone", backbone, lr, weight_decay), ("head", weights, lr * head_lr_mult, weight_decay),
-              ("head_bias", biases, 2 * lr * head_lr_mult, 0.0)]
-    return [{"name": name, "params": params, "lr": rate, "initial_lr": rate, "weight_decay": decay}
-            for name, params, rate, decay in groups if params]
+    groups = [("backbone", backbone, 1.0, weight_decay), ("head", weights, head_lr_mult, weight_decay),
+              ("head_bias", biases, 2 * head_lr_mult, 0.0)]
+    return [{"name": name, "params": params, "lr_mult": mult, "weight_decay": decay}
+            for name, params, mult, decay in groups if params]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastwsss.algorithms.seg_inference import predict_mask
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import save_mask_png
@@ -36,7 +37,6 @@ from fastwsss.models.checkpoint import save_torch_file
 from fastwsss.models.deeplab import load_seg_model
 from fastwsss.reporting.visual import heatmap_sheet
 from fastwsss.stages.context import StageContext
-from fastwsss.stages.seg import predict_mask
 
 FOLDER = CONFOUNDER
 

@@ -36,10 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastwsss.algorithms.cam_inference import normalize_image
-from fastwsss.algorithms.colour_refine import refine_maps
-from fastwsss.algorithms.crf import crf_refine_probs
 from fastwsss.algorithms.metrics import ConfusionMeter, score_row
+from fastwsss.algorithms.seg_inference import predict_mask
 from fastwsss.config import SegConfig
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
@@ -48,13 +46,12 @@ from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
 from fastwsss.engine.distributed import BatchMean, global_batch_mean, is_main, local_mean, shard, sum_array
 from fastwsss.engine.progress import track, warn
 from fastwsss.engine.rundir import SEG, id_file
-from fastwsss.engine.training import TrainJob, run_epochs
+from fastwsss.engine.training import TrainJob, run_epochs, sgd_optimizer, with_multipliers
 from fastwsss.engine.weights import weights_record
 from fastwsss.errors import ConfigError, DataError, FastwsssError
-from fastwsss.models import eval_mode
 from fastwsss.models.cam_net import load_cam_net
 from fastwsss.models.deeplab import SegModel, build_seg_model, save_seg_checkpoint
-from fastwsss.models.msc import deeplab_param_groups, msc_outputs, msc_prediction_logits, nearest_labels
+from fastwsss.models.msc import deeplab_param_groups, msc_outputs, nearest_labels
 from fastwsss.stages.context import StageContext
 
 STAGE = FOLDER = SEG
@@ -120,47 +117,13 @@ def pseudo_source(base: SegmentationSource, pseudo_dir: Path) -> PseudoMaskSourc
     return source
 
 
-def predict_mask(
-    model: nn.Module,
-    image: np.ndarray,
-    device: torch.device | str | None = None,
-    msc_scales: tuple[float, ...] = (),
-    crf: bool = False,
-    refine_iterations: int = 0,
-) -> np.ndarray:
-    """Class-id mask (H, W) uint8 of one (H, W, 3) uint8 RGB image: full image, argmax.
-
-    Single scale, or with `msc_scales` the max of the MSC logits (fastwsss.models.msc); with `crf` the
-    softmax is refined by DeepLab's dense CRF first, with `refine_iterations` by colour affinity
-    (fastwsss.algorithms.colour_refine). `model` must already be on `device` (default: the
-    device of its parameters); it runs in eval mode and its previous mode is restored.
-    """
-    if device is None:
-        device = next(model.parameters()).device
-    with eval_mode(model), torch.inference_mode():
-        x = normalize_image(image, device)
-        logits = msc_prediction_logits(model, x, msc_scales) if msc_scales else model(x)
-        if crf:
-            probs = torch.softmax(logits[0], dim=0).cpu().numpy()
-            return crf_refine_probs(image, probs).astype(np.uint8)
-        if refine_iterations > 0:
-            probs = refine_maps(torch.softmax(logits[0].float(), dim=0).cpu(), image, refine_iterations)
-            return probs.argmax(dim=0).to(torch.uint8).numpy()
-        mask = logits[0].argmax(dim=0).to(torch.uint8)
-    return mask.cpu().numpy()
-
-
 def _make_optimizer(model: SegModel, s: SegConfig) -> torch.optim.SGD:
+    """DeepLab's three released groups (`seg.param_groups` "deeplab"), or backbone and head at lr x head_lr_mult."""
     if s.param_groups == "deeplab":
-        groups = deeplab_param_groups(model, s.lr, s.head_lr_mult, s.weight_decay)
-        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    backbone_group, head_group = model.param_groups()
-    head_lr = s.lr * s.head_lr_mult
-    groups = [
-        {**backbone_group, "lr": s.lr, "initial_lr": s.lr},
-        {**head_group, "lr": head_lr, "initial_lr": head_lr},
-    ]
-    return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        groups = deeplab_param_groups(model, s.head_lr_mult, s.weight_decay)
+    else:
+        groups = with_multipliers(list(model.param_groups()), s.head_lr_mult)
+    return sgd_optimizer(groups, s.lr, s.momentum, s.weight_decay)
 
 
 def msc_loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, s: SegConfig,
