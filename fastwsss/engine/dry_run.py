@@ -9,6 +9,7 @@ set's from its list files. A missing list or weights file shows in its row inste
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def _row(config: RunConfig, stage: Stage, images: dict[str, int | None]) -> Plan
     return PlannedRow(stage.name, split, images.get(split), None, "-", "-", stage.loads)
 
 
-def dry_run_rows(config: RunConfig, stages: str | None = None) -> tuple[list[tuple[str, PlannedRow]], list[str]]:
+def dry_run_rows(config: RunConfig, stages: str | Sequence[str] | None = None) -> tuple[list[tuple[str, PlannedRow]], list[str]]:
     """(label, row) for every stage of the run in order (the label names the round), and one line per
     split whose list cannot be read."""
     splits = sorted({name for planned in plan_for(config) for key in planned.stage.reads if key != "test_splits"
