@@ -225,10 +225,7 @@ def test_worker_count_does_not_change_samples() -> None:
     dataset.set_epoch(2)
 
     def batches(workers: int) -> list[torch.Tensor]:
-        # spawn, not fork: a process forked from one that has loaded OpenVINO's threading runtime (the CPU
-        # serving tests, where openvino is installed) can crash
-        context = "spawn" if workers else None
-        loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers, multiprocessing_context=context)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers)
         return [batch["image"] for batch in loader]
 
     serial, parallel = batches(0), batches(2)
