@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/fastwsss: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-cache-dir -e ".[dev]"
 	touch $(BIN)/fastwsss
 
 train: $(BIN)/fastwsss
