@@ -30,6 +30,21 @@ def direct_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
     return out
 
 
+def running_max_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
+    """The same affinities as a chain of torch.maximum over padded views (autograd keeps every step)."""
+    _, _, height, width = edge.shape
+    pad = radius - 1
+    padded = torch.nn.functional.pad(edge, (pad, pad, 0, pad), value=1.0)
+    planes = []
+    for direction in half_disc_directions(radius):
+        points = path_offsets(direction)
+        peak = padded[:, :, points[0][0] : points[0][0] + height, pad + points[0][1] : pad + points[0][1] + width]
+        for y, x in points[1:]:
+            peak = torch.maximum(peak, padded[:, :, y : y + height, pad + x : pad + x + width])
+        planes.append(peak)
+    return 1.0 - torch.cat(planes, dim=1)
+
+
 class TestDirections:
     @pytest.mark.parametrize(("radius", "count"), [(1, 0), (2, 4), (5, 34), (10, 152)])
     def test_counts(self, radius: int, count: int) -> None:
@@ -142,6 +157,32 @@ class TestPathMaxAffinity:
         expected = torch.zeros_like(edge)
         expected[0, 0, 3, 5] = -1.0
         torch.testing.assert_close(edge.grad, expected)
+
+    @pytest.mark.parametrize(("shape", "radius"), [((2, 1, 7, 9), 5), ((3, 1, 1, 5), 5), ((2, 1, 12, 13), 10)])
+    def test_gradient_matches_autograd_of_a_running_maximum(self, shape: tuple[int, ...], radius: int) -> None:
+        # Random maps have no ties, so the one-scatter backward must equal autograd through torch.maximum
+        # (float64: the two sum the same terms in a different order).
+        generator = torch.Generator().manual_seed(5)
+        edge = torch.rand(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+        weights = torch.randn(shape[0], len(half_disc_directions(radius)), *shape[2:], generator=generator,
+                              dtype=torch.float64)  # fmt: skip
+        (path_max_affinity(edge, radius) * weights).sum().backward()
+        fast = edge.grad.clone()
+        edge.grad = None
+        (running_max_affinity(edge, radius) * weights).sum().backward()
+        torch.testing.assert_close(fast, edge.grad, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            torch.testing.assert_close(path_max_affinity(edge, radius), running_max_affinity(edge, radius), rtol=0, atol=0)
+
+    def test_tied_maxima_send_the_gradient_to_the_point_nearest_the_source(self) -> None:
+        edge = torch.full((1, 1, 3, 8), 0.1)
+        edge[0, 0, 1, 2] = edge[0, 0, 1, 4] = 0.6
+        edge.requires_grad_(True)
+        d = half_disc_directions(5).index((0, 4))
+        path_max_affinity(edge, 5)[0, d, 1, 1].backward()
+        expected = torch.zeros_like(edge)
+        expected[0, 0, 1, 2] = -1.0
+        torch.testing.assert_close(edge.grad, expected, rtol=0, atol=0)
 
     def test_rejects_multichannel(self) -> None:
         with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):

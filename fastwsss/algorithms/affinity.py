@@ -11,6 +11,7 @@ tensor has shape (B, D, H, W) and entry [b, d, y, x] belongs to the pair (y, x) 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -76,25 +77,77 @@ def path_max_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
 
     `edge`: boundary probabilities in [0, 1], (B, 1, H, W) or (B, H, W). Pixels outside the image count
     as boundary 1.0, so a pair whose destination leaves the image gets affinity 0 (such pairs do not
-    exist; callers may also mask them with `pair_valid_mask`). Differentiable in `edge`: the running
-    maximum routes the gradient to the path's arg-max pixel, as IRN training needs.
+    exist; callers may also mask them with `pair_valid_mask`). Differentiable in `edge`: the gradient of a
+    pair goes to its path's arg-max pixel (the one nearest the source among equal maxima), as IRN training
+    needs.
     """
     edge = _as_bchw(edge)
+    if not _half_disc(radius):
+        return edge.new_zeros(edge.shape[0], 0, *edge.shape[-2:])
+    if torch.is_grad_enabled() and edge.requires_grad:
+        return _PathMax.apply(edge, radius)
+    return 1.0 - torch.cat(list(_path_peaks(edge, radius, with_index=False)), dim=1)
+
+
+def _path_peaks(edge: torch.Tensor, radius: int, with_index: bool) -> Iterator:
+    """Per direction of the half disc: the (B, 1, H, W) path maximum, or (maximum, uint8 index of the path
+    point that holds it)."""
     _, _, height, width = edge.shape
-    directions = _half_disc(radius)
-    if not directions:
-        return edge.new_zeros(edge.shape[0], 0, height, width)
     pad = radius - 1
     # Paths reach rows 0..r-1 below the source and columns -(r-1)..r-1 beside it.
     padded = F.pad(edge, (pad, pad, 0, pad), mode="constant", value=1.0)
-    planes = []
-    for direction in directions:
-        peak = None
-        for y, x in _path(*direction):
-            view = padded[:, :, y : y + height, pad + x : pad + x + width]
-            peak = view if peak is None else torch.maximum(peak, view)
-        planes.append(peak)
-    return 1.0 - torch.cat(planes, dim=1)
+    for direction in _half_disc(radius):
+        views = [padded[:, :, y : y + height, pad + x : pad + x + width] for y, x in _path(*direction)]
+        if with_index:
+            # One stacked reduction per direction: ~5x faster on the CPU than a running maximum with a
+            # running index; max over a dim returns the first of equal maxima.
+            peak, index = torch.stack(views).max(dim=0)
+            yield peak, index.to(torch.uint8)
+        else:
+            peak = views[0]
+            for view in views[1:]:
+                peak = torch.maximum(peak, view)
+            yield peak
+
+
+@functools.cache
+def _path_table(radius: int) -> torch.Tensor:
+    """(D, L, 2) int64: the (y, x) path points of every direction, each path padded with its last point."""
+    paths = [_path(*direction) for direction in _half_disc(radius)]
+    length = max(len(path) for path in paths)
+    return torch.tensor([list(path) + [path[-1]] * (length - len(path)) for path in paths], dtype=torch.long)
+
+
+class _PathMax(torch.autograd.Function):
+    """`path_max_affinity` with a one-scatter backward.
+
+    Autograd through the running maximum keeps one node per path point (about 1,500 at radius 10), whose
+    backward dominated an IRN training step on the CPU (0.5 s of 0.85 s at batch 32, 24 x 24 grid). Here
+    the forward keeps the index of each pair's arg-max point and the backward adds every pair's gradient
+    to that pixel in one scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, edge: torch.Tensor, radius: int) -> torch.Tensor:  # type: ignore[override]
+        peaks, indices = zip(*_path_peaks(edge, radius, with_index=True), strict=True)
+        ctx.save_for_backward(torch.cat(indices, dim=1))
+        ctx.radius, ctx.shape = radius, edge.shape
+        return 1.0 - torch.cat(peaks, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        batch, _, height, width = ctx.shape
+        pad = ctx.radius - 1
+        padded_width = width + 2 * pad
+        table = _path_table(ctx.radius).to(grad.device)
+        directions = torch.arange(table.shape[0], device=grad.device).view(1, -1, 1, 1)
+        point = table[directions, index.long()]  # (B, D, H, W, 2): the arg-max point's offset
+        rows = torch.arange(height, device=grad.device).view(-1, 1) + point[..., 0]
+        cols = torch.arange(width, device=grad.device) + pad + point[..., 1]
+        padded_grad = grad.new_zeros(batch, (height + pad) * padded_width)
+        padded_grad.scatter_add_(1, (rows * padded_width + cols).view(batch, -1), grad.reshape(batch, -1).neg())
+        return padded_grad.view(batch, 1, height + pad, padded_width)[..., :height, pad : pad + width], None
 
 
 def pair_valid_mask(height: int, width: int, radius: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from fastwsss.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 DEFAULT_DEVICE = "auto"
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N")
@@ -51,3 +52,20 @@ def resolve_device(name: str | None = DEFAULT_DEVICE) -> torch.device:
         if (chosen.index or 0) >= count:
             raise ConfigError(f"device: {name} requested but {count} CUDA device(s) are visible; use --device cpu")
     return chosen
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` moved to `device`; on the CPU its convolution weights are also made channels-last.
+
+    With channels-last weights oneDNN runs every convolution of the network in that layout (the input
+    follows the weights), which on a 2-core x86 CPU took 26 % off a classifier's CAM forward at 192 px, 35 %
+    off a DeepLab prediction at 96 px and 6 to 8 % off a training step (torch 2.14.1, 2026-12-02). Results
+    differ from the contiguous layout only in float rounding. GPUs keep the layout they were given (not
+    measured there).
+    """
+    import torch
+
+    model = model.to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -17,6 +17,7 @@ import torch
 
 from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
+from fastwsss.engine.device import place_model
 from fastwsss.engine.distributed import is_main
 from fastwsss.engine.rundir import C2AM, CLS
 from fastwsss.engine.training import TrainJob, run_epochs, sgd_optimizer, with_multipliers
@@ -40,7 +41,7 @@ def run_c2am_cls(ctx: StageContext) -> None:
     if m.freeze_stem:
         for module in (model.backbone.stage1.conv1, model.backbone.stage1.bn1):
             module.requires_grad_(False)
-    model.to(ctx.device)
+    place_model(model, ctx.device)
     constants = logit_constants(load_global_cam(ctx.run.global_cam_file), m.gamma).to(ctx.device)
     if not m.scale_logits:  # the ablation control: same schedule, plain logits
         constants = torch.ones_like(constants)

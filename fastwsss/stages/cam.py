@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fastwsss.algorithms.cam_inference import multiscale_cam, save_cam_npz
 from fastwsss.data import build_source
+from fastwsss.engine.device import place_model
 from fastwsss.engine.progress import track, warn
 from fastwsss.engine.rundir import CAMS
 from fastwsss.errors import DataError
@@ -35,7 +36,7 @@ def run_cam(ctx: StageContext) -> None:
     source = build_source(cfg.data, cfg.data.cam_split)
     checkpoint = ctx.run.classifier_checkpoint(cfg.method)
     model, _ = load_cam_net(checkpoint, map_location=ctx.device, expect_num_classes=source.num_classes)
-    model.to(ctx.device).eval()
+    place_model(model, ctx.device).eval()
     extra_for = context_maps(ctx)
     cam_dir = ctx.run.stage_dir(FOLDER)
 

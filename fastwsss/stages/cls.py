@@ -17,6 +17,7 @@ from torch import nn
 
 from fastwsss.data import build_source
 from fastwsss.data.datasets import ClassificationDataset
+from fastwsss.engine.device import place_model
 from fastwsss.engine.distributed import is_main
 from fastwsss.engine.rundir import CLS
 from fastwsss.engine.training import TrainJob, run_epochs, sgd_optimizer, with_multipliers
@@ -58,7 +59,7 @@ def run_cls(ctx: StageContext) -> None:
     source.check_files()
     dataset = ClassificationDataset(source, c.resize_long, c.crop, seed=cfg.seed, augment=True)
     extra = classifier_input(ctx)
-    net = build_classifier(ctx, source.num_classes, extra).to(ctx.device)
+    net = place_model(build_classifier(ctx, source.num_classes, extra), ctx.device)
     model: nn.Module = net
     if extra is not None:
         model = extra.wrap(net).to(ctx.device)

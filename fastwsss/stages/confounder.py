@@ -21,6 +21,7 @@ from fastwsss.algorithms.seg_inference import predict_mask
 from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.palette import save_mask_png
+from fastwsss.engine.device import place_model
 from fastwsss.engine.distributed import barrier, on_main, shard
 from fastwsss.engine.files import atomic_path
 from fastwsss.engine.progress import log, track, warn
@@ -103,7 +104,7 @@ def context_maps(ctx: StageContext) -> Callable[[str], torch.Tensor]:
 
 def _predict_missing(ctx: StageContext, ids: list[str], source: SegmentationSource, out: Path) -> None:
     model, _ = load_seg_model(ctx.previous_round().checkpoint(SEG), ctx.device, source.num_classes + 1)
-    model.eval()
+    place_model(model, ctx.device).eval()
     for image_id in track(ids, "confounder: predict X_m"):
         try:
             image = source.load_image(image_id)

@@ -26,6 +26,7 @@ from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import ClassificationDataset
 from fastwsss.data.palette import IGNORE_INDEX
 from fastwsss.data.transforms import apply_crop, hflip, resize_long_mask
+from fastwsss.engine.device import place_model
 from fastwsss.engine.distributed import global_batch_mean, is_main
 from fastwsss.engine.progress import warn
 from fastwsss.engine.rundir import IR_LABELS, IRN, id_file
@@ -119,7 +120,7 @@ def run_irn(ctx: StageContext) -> None:
     label_dir = ctx.run.ir_labels_dir
     ids = labelled_ids(source, label_dir)
     dataset = IRLabelDataset(source, label_dir, ids, n.resize_long, n.crop, seed=cfg.seed, scale_range=n.scale_range)
-    model = build_boundary_net(ctx).to(ctx.device)
+    model = place_model(build_boundary_net(ctx), ctx.device)
     optimizer = sgd_optimizer([{"params": list(model.head_parameters())}], n.lr, n.momentum, n.weight_decay)
     window = n.pairs == "pathindex"
 

@@ -25,6 +25,7 @@ from fastwsss.algorithms.colour_refine import DILATIONS, refine_maps
 from fastwsss.algorithms.thresholds import class_thresholds, seed_mask
 from fastwsss.data import build_source
 from fastwsss.data.palette import save_mask_png
+from fastwsss.engine.device import place_model
 from fastwsss.engine.progress import track, warn
 from fastwsss.engine.rundir import CAMS, IRN, PSEUDO
 from fastwsss.errors import DataError, FastwsssError
@@ -161,7 +162,7 @@ def run_pseudo(ctx: StageContext) -> None:
     if not cam_dir.is_dir():
         raise FastwsssError(f"{cam_dir}: no CAMs; run the cam stage first")
     model, _ = load_irn(ctx.run.checkpoint(IRN), map_location=ctx.device)
-    model.to(ctx.device).eval()
+    place_model(model, ctx.device).eval()
     out = ctx.run.stage_dir(FOLDER)
     todo = images_to_do("pseudo", source.ids, ctx.run.pseudo_file)
     failed: list[str] = []

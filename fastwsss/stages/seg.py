@@ -43,6 +43,7 @@ from fastwsss.data import build_source
 from fastwsss.data.base import SegmentationSource, read_label_png
 from fastwsss.data.datasets import SegmentationDataset
 from fastwsss.data.palette import IGNORE_INDEX, save_mask_png
+from fastwsss.engine.device import place_model
 from fastwsss.engine.distributed import BatchMean, global_batch_mean, is_main, local_mean, shard, sum_array
 from fastwsss.engine.progress import track, warn
 from fastwsss.engine.rundir import SEG, id_file
@@ -173,7 +174,7 @@ def train_seg(ctx: StageContext, source: SegmentationSource) -> tuple[SegModel, 
     if min(s.batch_size, len(dataset)) % s.iter_size:
         raise ConfigError(f"seg.iter_size: {len(dataset)} training image(s) do not split into {s.iter_size} chunks")
     torch.manual_seed(cfg.seed)
-    model = build_seg_model(s.model, s.backbone, source.num_classes + 1, s.weights).to(ctx.device)
+    model = place_model(build_seg_model(s.model, s.backbone, source.num_classes + 1, s.weights), ctx.device)
     if s.init == "classifier":
         init_from_classifier(model, ctx.run.classifier_checkpoint(cfg.method))
     if s.freeze_bn:
