@@ -90,10 +90,15 @@ def save_model_file(
     path: str | Path, fmt: str, kwargs: dict[str, Any], weights: dict[str, dict[str, torch.Tensor]],
     meta: dict[str, Any] | None, meta_name: str = "extra",
 ) -> None:
-    """Write {format, kwargs, <weights...>, meta} atomically to `path`."""
+    """Write {format, kwargs, <weights...>, meta} atomically to `path`.
+
+    Tensors are stored contiguous, whatever layout the model ran in (channels-last on the CPU), so a model
+    file reads the same everywhere."""
     meta = dict(meta or {})
     check_plain_metadata(meta, meta_name)
-    payload = {"format": fmt, "kwargs": dict(kwargs), **weights, "meta": meta}
+    contiguous = {name: {key: value.contiguous() if isinstance(value, torch.Tensor) else value
+                         for key, value in tensors.items()} for name, tensors in weights.items()}  # fmt: skip
+    payload = {"format": fmt, "kwargs": dict(kwargs), **contiguous, "meta": meta}
     save_torch_file(payload, path)
 
 
