@@ -33,12 +33,26 @@ def device_label(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo; else platform.processor()): timings differ between
+    machines of one kind, so every result names its CPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What the numbers depend on: versions, threads and the device."""
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device_label(device),
