@@ -70,21 +70,26 @@ def laid_out(model: torch.nn.Module, device: torch.device, channels_last: bool) 
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def classifier_step(device: torch.device, channels_last: bool) -> Callable[[], None]:
-    torch.manual_seed(0)
-    model = laid_out(CAMNet("resnet18_half", CLASSES, output_stride=8, freeze_bn=False, detach_early=False),
-                     device, channels_last)  # fmt: skip
+def sgd_step(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """One timed call: the loss, its backward and an SGD-with-momentum step on `model`."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.randn(32, 3, 96, 96, device=device)
-    labels = (torch.rand(32, CLASSES, device=device) > 0.7).float()
 
     def step() -> None:
-        loss = F.multilabel_soft_margin_loss(model(images), labels)
+        loss = loss_of()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     return step
+
+
+def classifier_step(device: torch.device, channels_last: bool) -> Callable[[], None]:
+    torch.manual_seed(0)
+    model = laid_out(CAMNet("resnet18_half", CLASSES, output_stride=8, freeze_bn=False, detach_early=False),
+                     device, channels_last)  # fmt: skip
+    images = torch.randn(32, 3, 96, 96, device=device)
+    labels = (torch.rand(32, CLASSES, device=device) > 0.7).float()
+    return sgd_step(model, lambda: F.multilabel_soft_margin_loss(model(images), labels))
 
 
 def cam_forward(device: torch.device, channels_last: bool) -> Callable[[], None]:
@@ -102,18 +107,14 @@ def cam_forward(device: torch.device, channels_last: bool) -> Callable[[], None]
 def deeplab_step(device: torch.device, channels_last: bool) -> Callable[[], None]:
     torch.manual_seed(0)
     model = laid_out(build_seg_model("deeplabv2", "resnet18_half", CLASSES + 1), device, channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images = torch.randn(16, 3, 96, 96, device=device)
     masks = torch.randint(0, CLASSES + 1, (16, 96, 96), device=device)
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         logits = F.interpolate(model(images), size=(96, 96), mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, masks)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        return F.cross_entropy(logits, masks)
 
-    return step
+    return sgd_step(model, loss)
 
 
 def deeplab_prediction(device: torch.device, channels_last: bool) -> Callable[[], None]:

@@ -91,7 +91,7 @@ def path_max_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
 
 def path_max_affinity_reference(edge: torch.Tensor, radius: int) -> torch.Tensor:
     """`path_max_affinity` as a running torch.maximum that autograd differentiates step by step (tests and
-    bench/path_max.py compare the two; at equal maxima this one splits the gradient between them)."""
+    bench/training_step.py compare the two; at equal maxima this one splits the gradient between them)."""
     edge = _as_bchw(edge)
     peaks = list(_path_peaks(edge, radius, with_index=False))
     return 1.0 - torch.cat(peaks, dim=1) if peaks else edge.new_zeros(edge.shape[0], 0, *edge.shape[-2:])
@@ -107,8 +107,8 @@ def _path_peaks(edge: torch.Tensor, radius: int, with_index: bool) -> Iterator:
     for direction in _half_disc(radius):
         views = [padded[:, :, y : y + height, pad + x : pad + x + width] for y, x in _path(*direction)]
         if with_index:
-            # One stacked reduction per direction: ~5x faster on the CPU than a running maximum with a
-            # running index; max over a dim returns the first of equal maxima.
+            # One stacked reduction per direction (1.3x as fast on a 2-core CPU as a running maximum that
+            # updates a running index); max over a dim returns the first of equal maxima.
             peak, index = torch.stack(views).max(dim=0)
             yield peak, index.to(torch.uint8)
         else:

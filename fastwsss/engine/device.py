@@ -60,8 +60,8 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     With channels-last weights oneDNN runs every convolution of the network in that layout (the input
     follows the weights). On a 2-core AMD EPYC (torch 2.14.1, 2026-12-02, two runs of
     `python -m bench.training_step`) that made a CAM forward at 192 px 1.14 to 1.17x, a DeepLab prediction
-    at 96 px 1.38 to 1.58x and a training step 1.07 to 1.10x as fast. Results differ from the contiguous layout only in float rounding.
-    GPUs keep the layout they were given (not measured there).
+    at 96 px 1.38 to 1.58x and a training step 1.07 to 1.10x as fast. Results differ from the contiguous
+    layout only in float rounding. GPUs keep the layout they were given (not measured there).
     """
     import torch
 
